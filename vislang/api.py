@@ -1,0 +1,54 @@
+"""The Python API: load a trained model and embed images and texts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.images import ImageLike
+from .data.pixels import to_pixels
+from .checkpoint import load_checkpoint
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class VisLang:
+    """A trained model ready for inference. Embeddings are float32 rows with unit L2 norm."""
+
+    def __init__(self, model, tokenizer, config: dict, device: torch.device, checkpoint: Path | None = None) -> None:
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.device, self.checkpoint = device, checkpoint
+        self.image_size = config["model"]["image"]["image_size"]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "VisLang":
+        device = torch.device(device) if device is not None else default_device()
+        model, tokenizer, config, folder = load_checkpoint(path, device)
+        return cls(model, tokenizer, config, device, folder)
+
+    @torch.inference_mode()
+    def encode_images(self, items: Sequence[ImageLike], batch_size: int = 64) -> np.ndarray:
+        """Paths or PIL images -> [N, D]; an unreadable image raises ImageLoadError naming it."""
+        out = [np.zeros((0, self.model.cfg["embed_dim"]), np.float32)]
+        for start in range(0, len(items), batch_size):
+            pixels = to_pixels(items[start : start + batch_size], self.image_size).to(self.device)
+            out.append(self.model.encode_image(pixels).float().cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Strings -> [N, D]."""
+        out = [np.zeros((0, self.model.cfg["embed_dim"]), np.float32)]
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(list(texts[start : start + batch_size]))
+            out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
+        return np.concatenate(out)
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> VisLang:
+    """A run's output folder (its latest checkpoint) or a checkpoint folder -> VisLang."""
+    return VisLang.load(path, device)

@@ -1,0 +1,99 @@
+"""Checkpoints: a folder per save, written under a temporary name and renamed into place.
+
+A checkpoint folder holds everything needed to rebuild the model with no other input:
+  model.safetensors   all weights (the frozen text tower's too)
+  config.yaml         the resolved run config
+  text/               the tokenizer's files and the text tower's architecture (Hugging Face config.json)
+  trainer_state.pt    optimizer, step and clock, for --resume (absent in exported checkpoints)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+
+from .config import resolve
+from .models import Tokenizer, VisLangModel, create_model
+
+LATEST = "latest"
+
+
+class CheckpointError(FileNotFoundError):
+    """No usable checkpoint at the given path."""
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: VisLangModel,
+    tokenizer: Tokenizer,
+    config: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    folder = Path(run_dir) / "checkpoints"
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    tokenizer.save(tmp / "text")
+    model.text_tower.save_architecture(tmp / "text")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = folder / f".{LATEST}.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, folder / LATEST)
+    _prune(folder, keep)
+    return final
+
+
+def _prune(folder: Path, keep: int) -> None:
+    saved = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in saved[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or a run folder's latest checkpoint."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    pointer = path / "checkpoints" / LATEST
+    if pointer.is_file():
+        found = path / "checkpoints" / pointer.read_text().strip()
+        if (found / "model.safetensors").is_file():
+            return found
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected a checkpoint folder (with model.safetensors) "
+        "or a run folder (with checkpoints/latest)"
+    )
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VisLangModel, Tokenizer, dict[str, Any], Path]:
+    """Rebuild model and tokenizer from a checkpoint, offline; returns them, the config and the folder."""
+    folder = find_checkpoint(path)
+    config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
+    model_cfg = _offline_model_config(config["model"], folder)
+    model, tokenizer = create_model(model_cfg)
+    load_model(model, str(folder / "model.safetensors"), device=str(device))
+    return model.to(device).eval(), tokenizer, config, folder
+
+
+def _offline_model_config(model_cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The same architecture, built from files in the checkpoint instead of a hub or package."""
+    out = {**model_cfg, "image": {**model_cfg["image"], "pretrained": False}}
+    text = {**model_cfg["text"], "pretrained": False}
+    if (folder / "text" / "config.json").is_file():
+        text["name"] = str(folder / "text")
+    out["text"] = text
+    return out

@@ -1,0 +1,4 @@
+"""The `vislang` command line."""
+from .main import main
+
+__all__ = ["main"]

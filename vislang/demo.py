@@ -1,0 +1,57 @@
+"""The main job in one call: train the CPU recipe on the catalog, evaluate it, show results."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from .api import load
+from .checkpoint import CheckpointError, find_checkpoint
+from .config import load_config
+from .data import find_data_dir, read_catalog
+from .eval import chance_levels, evaluate
+from .train import train
+from .viz import result_grid, result_page
+
+ROOM_QUERIES = ["a bright kitchen with white cabinets", "a cosy bedroom with a double bed", "a children's room with toys"]
+
+
+def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = False, overrides: list[str] = ()) -> dict:
+    data_dir = find_data_dir(data)
+    try:
+        if retrain:
+            raise CheckpointError("retrain asked for")
+        checkpoint = find_checkpoint(output)
+        print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
+    except CheckpointError:
+        train(load_config(config_path, overrides), data=str(data_dir), output=output, resume=False)
+    model = load(output)
+    catalog = read_catalog(data_dir)
+    metrics = evaluate(model, catalog, "test")
+    chance = chance_levels(catalog, "test")
+    print("\ntest split" + "".join(f"\n  {k:32s} {v:.3f}" + (f"   (chance {chance[k]:.3f})" if k in chance else "") for k, v in metrics.items()))
+    (output / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    rows = _example_rows(model, catalog)
+    grid = result_grid(rows, output / "results.png")
+    page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
+    print(f"\nresults grid: {grid}\nresults page: {page}")
+    return metrics
+
+
+def _example_rows(model, catalog, per_row: int = 5, n_products: int = 5):
+    products, rooms = catalog.select("test", "product"), catalog.select(None, "room")
+    picks = random.Random(0).sample(products, min(n_products, len(products)))
+    rows = []
+    for gallery, queries in ((products, [(p.caption, p) for p in picks]), (rooms, [(q, None) for q in ROOM_QUERIES])):
+        if not gallery:
+            continue
+        images = model.encode_images([item.image for item in gallery])
+        texts = model.encode_texts([q for q, _ in queries])
+        for (query, truth), scores in zip(queries, texts @ images.T):
+            top = np.argsort(-scores)[:per_row]
+            hits = [(gallery[i].image, gallery[i].caption, truth is not None and gallery[i].caption == truth.caption) for i in top]
+            print(f"  {query!r}: " + " | ".join(gallery[i].caption for i in top[:3]))
+            rows.append((query, hits))
+    return rows

@@ -1,0 +1,118 @@
+"""Retrieval metrics on a catalog split, for any encoder with encode_images / encode_texts.
+
+Product queries are catalog captions; products that share a caption are indistinguishable by
+it, so any of them counts as a hit. Room photo -> products searches every product image and
+scores the share of the room's listed products found in the top K.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..data.catalog import Catalog, Item
+
+
+class Encoder(Protocol):
+    def encode_images(self, items: Sequence, batch_size: int = 64) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray: ...
+
+
+def recall_at_k(scores: np.ndarray, truth: list[set[int]], ks: Sequence[int]) -> dict[int, float]:
+    """The usual R@k: the share of queries with at least one true item in their top k."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        top = order[:, :k]
+        out[k] = float(np.mean([bool(truth[q] & set(top[q].tolist())) for q in range(len(truth))]))
+    return out
+
+
+def coverage_at_k(scores: np.ndarray, truth: list[set[int]], k: int) -> float:
+    """Mean over queries of the share of the query's true items that are in its top k."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(truth[q] & set(order[q].tolist())) / len(truth[q]) for q in range(len(truth))]))
+
+
+def _same_caption_truth(items: list[Item]) -> list[set[int]]:
+    by_caption: dict[str, set[int]] = {}
+    for index, item in enumerate(items):
+        by_caption.setdefault(item.caption, set()).add(index)
+    return [by_caption[item.caption] for item in items]
+
+
+def _image_embeddings(encoder: Encoder, items: list[Item], cache: dict[Path, np.ndarray]) -> np.ndarray:
+    missing = [item.image for item in items if item.image not in cache]
+    if missing:
+        for path, row in zip(missing, encoder.encode_images(missing)):
+            cache[path] = row
+    return np.stack([cache[item.image] for item in items])
+
+
+def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test") -> dict[str, float]:
+    """Every retrieval metric the project reports, on one split of a catalog."""
+    metrics: dict[str, float] = {}
+    cache: dict[Path, np.ndarray] = {}
+    products = catalog.select(split, "product") or catalog.select(split, "image")
+    if products:
+        images = _image_embeddings(encoder, products, cache)
+        texts = encoder.encode_texts([item.caption for item in products])
+        truth = _same_caption_truth(products)
+        for k, value in recall_at_k(texts @ images.T, truth, (1, 5, 10)).items():
+            metrics[f"product_text2image_r{k}"] = value
+        for k, value in recall_at_k(images @ texts.T, truth, (1, 5, 10)).items():
+            metrics[f"product_image2text_r{k}"] = value
+    rooms = catalog.select(split, "room")
+    if rooms:
+        room_images = _image_embeddings(encoder, rooms, cache)
+        titles = encoder.encode_texts([item.caption for item in rooms])
+        for k, value in recall_at_k(titles @ room_images.T, _same_caption_truth(rooms), (1, 5)).items():
+            metrics[f"room_title2image_r{k}"] = value
+        metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
+        metrics.update(_room_zero_shot(encoder, catalog, rooms, room_images))
+    return metrics
+
+
+def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
+    gallery = catalog.select(None, "product")
+    position = {item.id: i for i, item in enumerate(gallery)}
+    with_truth = [(r, {position[p] for p in room.links if p in position}) for r, room in enumerate(rooms)]
+    with_truth = [(r, truth) for r, truth in with_truth if truth]
+    if not gallery or not with_truth:
+        return {}
+    product_images = _image_embeddings(encoder, gallery, cache)
+    queries = room_images[[r for r, _ in with_truth]]
+    return {"room2products_r50": coverage_at_k(queries @ product_images.T, [t for _, t in with_truth], 50)}
+
+
+def _room_zero_shot(encoder, catalog, rooms, room_images) -> dict[str, float]:
+    categories = sorted({item.meta.get("category") for item in catalog.select(None, "room")} - {None, ""})
+    if len(categories) < 2:
+        return {}
+    prompts = encoder.encode_texts([f"a photo of a {c.lower()}" for c in categories])
+    predicted = np.argmax(room_images @ prompts.T, axis=1)
+    truth = [categories.index(room.meta["category"]) if room.meta.get("category") in categories else -1 for room in rooms]
+    return {"room_category_zeroshot_acc": float(np.mean(predicted == np.asarray(truth)))}
+
+
+def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
+    """What a random ranking scores on average, to read the metrics against."""
+    products, rooms = catalog.select(split, "product"), catalog.select(split, "room")
+    out: dict[str, float] = {}
+    if products:
+        sizes = [len(t) for t in _same_caption_truth(products)]
+        out["product_text2image_r10"] = float(np.mean([min(1.0, 1 - _miss(len(products), s, 10)) for s in sizes]))
+    if rooms:
+        out["room_title2image_r5"] = min(1.0, 5 / len(rooms))
+        out["room2products_r50"] = min(1.0, 50 / max(1, len(catalog.select(None, "product"))))
+    return out
+
+
+def _miss(n: int, good: int, k: int) -> float:
+    """Probability that k random picks out of n contain none of `good` items."""
+    p = 1.0
+    for i in range(k):
+        p *= max(0.0, (n - good - i) / (n - i))
+    return p

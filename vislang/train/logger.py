@@ -1,0 +1,70 @@
+"""Run logging: metrics.jsonl (one JSON object a line), TensorBoard, and a PNG of the curves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time; metrics.jsonl always exists
+                self._tb = None
+
+    def log(self, step: int, **values: Any) -> None:
+        record = {"step": step, **values}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Loss (and any eval recall) against step, saved as run_dir/curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(Path(run_dir) / "metrics.jsonl")
+    loss_keys = sorted({k for r in records for k in r if k.startswith("loss")})
+    if not loss_keys:
+        return None
+    evals = [r for r in records if r.get("event") == "eval"]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
+    for key in loss_keys:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        axes[0][0].plot(*zip(*points), label=key)
+    axes[0][0].set(xlabel="step", ylabel="loss", title="training loss")
+    axes[0][0].legend()
+    if evals:
+        for key in sorted({k for r in evals for k in r if "_r" in k or k.endswith("_acc")}):
+            points = [(r["step"], r[key]) for r in evals if key in r]
+            axes[0][1].plot(*zip(*points), marker="o", label=key)
+        axes[0][1].set(xlabel="step", ylabel="score", title="validation")
+        axes[0][1].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,176 @@
+"""The training loop, top to bottom: data, model, optimiser, steps, checkpoints, evaluation.
+
+The run stops at `train.epochs` or at `train.max_minutes` of wall clock, whichever comes first;
+the learning-rate schedule follows whichever is further along, so a time-capped run still
+finishes its cosine decay.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_model
+from tqdm import tqdm
+
+from ..api import VisLang
+from ..data import find_data_dir, read_catalog
+from ..data.pairs import PairSampler
+from ..data.pixels import augment, build_image_bank
+from ..eval import evaluate
+from ..losses import contrastive_loss
+from ..models import VisLangModel, create_model
+from ..checkpoint import find_checkpoint, save_checkpoint
+from .logger import RunLogger, plot_curves
+from .schedule import lr_at
+
+CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and the temperature (as in CLIP)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.inference_mode()
+def _text_feature_cache(model: VisLangModel, tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:
+    """A frozen text tower gives the same features every step: compute each text once."""
+    unique = sorted(set(texts), key=len)  # similar lengths per batch: little padding
+    features: dict[str, torch.Tensor] = {}
+    for start in tqdm(range(0, len(unique), 128), desc="encoding texts", unit="batch", mininterval=1.0):
+        chunk = unique[start : start + 128]
+        ids, mask = tokenizer(chunk)
+        features.update(zip(chunk, model.text_features(ids.to(device), mask.to(device)).float()))
+    return features
+
+
+def train(config: dict[str, Any], data: str | None = None, output: str | Path = "runs/latest", resume: bool = False) -> Path:
+    """Train a model as `config` says; returns the final checkpoint folder."""
+    tcfg, dcfg = config["train"], config["data"]
+    run_dir = Path(output)
+    data_location = find_data_dir(data or dcfg["path"])
+    config = {**config, "data": {**dcfg, "path": str(data_location)}}
+    _seed_everything(config["seed"])
+    if tcfg["threads"]:
+        torch.set_num_threads(tcfg["threads"])
+    device = torch.device(tcfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    # Data: every training-split image, decoded once into memory.
+    catalog = read_catalog(data_location)
+    items = catalog.select("train")
+    image_size = config["model"]["image"]["image_size"]
+    bank, decoded = build_image_bank([item.image for item in items], round(image_size * CACHE_MARGIN), dcfg["cache_dir"])
+    items = [items[i] for i in decoded]
+    sampler = PairSampler(items, dcfg, tcfg["batch_size"], config["seed"])
+
+    # Model, optimiser, and (for a frozen text tower) the text features of every training text.
+    model, tokenizer = create_model(config["model"])
+    model.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], betas=(0.9, 0.98))
+    text_cache = _text_feature_cache(model, tokenizer, [t for it in items for t in it.texts], device) if model.text_frozen else None
+
+    step, elapsed_before = 0, 0.0
+    if resume:
+        checkpoint = find_checkpoint(run_dir)
+        load_model(model, str(checkpoint / "model.safetensors"), device=str(device))
+        state = torch.load(checkpoint / "trainer_state.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = state["step"], state["elapsed"]
+        print(f"resuming from {checkpoint} at step {step}")
+    elif (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    logger = RunLogger(run_dir)
+
+    steps_per_epoch = len(sampler)
+    total_steps = tcfg["epochs"] * steps_per_epoch
+    budget_s = tcfg["max_minutes"] * 60 if tcfg["max_minutes"] else None
+    start_time = time.time() - elapsed_before
+
+    def progress() -> float:
+        by_time = (time.time() - start_time) / budget_s if budget_s else 0.0
+        return max(step / total_steps, by_time)
+
+    def checkpoint() -> Path:
+        state = {"optimizer": optimizer.state_dict(), "step": step, "elapsed": time.time() - start_time}
+        return save_checkpoint(run_dir, step, model, tokenizer, config, state)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", mininterval=1.0)
+    last_saved = step
+    try:
+        while step < total_steps and progress() < 1.0:
+            epoch, skip = divmod(step, steps_per_epoch)
+            for batch in sampler.epoch(epoch):
+                if skip:  # resuming mid-epoch: the sampler replays the epoch's order, skip what was done
+                    skip -= 1
+                    continue
+                tick = time.time()
+                lr = lr_at(step, progress(), tcfg["lr"], tcfg["warmup_steps"], tcfg["min_lr_ratio"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
+                pixels = augment(bank, batch.items, image_size, dcfg["augment"]["scale"], dcfg["augment"]["flip"], generator)
+                with autocast:
+                    image_emb = model.encode_image(pixels.to(device, non_blocking=True))
+                    if text_cache is not None:
+                        text_emb = model.project_text(torch.stack([text_cache[t] for t in batch.texts]))
+                    else:
+                        ids, mask = tokenizer(batch.texts)
+                        text_emb = model.encode_text(ids.to(device), mask.to(device))
+                    loss = contrastive_loss(image_emb.float(), text_emb.float(), model.logit_scale, batch.positives.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                samples_per_s = len(batch.items) / (time.time() - tick)
+                bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{samples_per_s:.0f}")
+                if step % tcfg["log_every"] == 0 or step == 1:
+                    logger.log(step, epoch=epoch, loss=loss.item(), lr=lr, grad_norm=float(grad_norm),
+                               temperature=float(model.logit_scale.detach().exp().reciprocal()), samples_per_s=samples_per_s,
+                               elapsed_s=time.time() - start_time)
+                if step % tcfg["checkpoint_every"] == 0:
+                    checkpoint()
+                    last_saved = step
+                if step >= total_steps or progress() >= 1.0:
+                    break
+            if tcfg["eval_every_epochs"] and (epoch + 1) % tcfg["eval_every_epochs"] == 0 and step < total_steps:
+                _log_eval(model, tokenizer, config, device, catalog, logger, step)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
+        raise
+    bar.close()
+    final = checkpoint() if step != last_saved else find_checkpoint(run_dir)
+    _log_eval(model, tokenizer, config, device, catalog, logger, step)
+    logger.close()
+    plot_curves(run_dir)
+    return final
+
+
+def _log_eval(model, tokenizer, config, device, catalog, logger: RunLogger, step: int) -> dict[str, float]:
+    model.eval()
+    metrics = evaluate(VisLang(model, tokenizer, config, device), catalog, "val")
+    model.train()
+    logger.log(step, event="eval", split="val", **metrics)
+    print("val: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    return metrics
