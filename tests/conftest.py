@@ -73,10 +73,3 @@ def tiny_catalog(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VISLANG_CACHE", str(tmp_path / "cache"))
 
-
-TINY_OVERRIDES = [
-    "model.image.image_size=32",
-    "train.batch_size=12",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-]

@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 
 import vislang
-from vislang.checkpoint import find_checkpoint
+from vislang.checkpoint import find_checkpoint, save_checkpoint
 from vislang.config import load_config
 from vislang.train import train
 from vislang.train.logger import read_metrics
 
-from .conftest import TINY_OVERRIDES
-
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+TINY_OVERRIDES = ["model.image.image_size=32", "train.batch_size=12", "train.warmup_steps=2", "train.log_every=1"]
 
 
 def _config(*overrides):
@@ -50,19 +49,24 @@ def test_run_writes_its_artifacts(trained_run):
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
-def test_checkpoint_round_trip_is_bit_exact(trained_run, tiny_catalog):
+def test_checkpoint_round_trip_is_bit_exact(trained_run, tiny_catalog, tmp_path):
     out, final = trained_run
     images = sorted((tiny_catalog / "images" / "products").glob("*.jpg"))[:5]
     texts = ["a red chair", "Lamp, Blue", "ITEM3 Table, Green"]
     first = vislang.load(out, device="cpu")
-    second = vislang.load(final, device="cpu")
+    assert first.checkpoint == final
+    # Save the in-memory model again, reload it, and compare with what it embedded before saving.
+    copy = save_checkpoint(tmp_path, 1, first.model, first.tokenizer, first.config)
+    second = vislang.load(copy, device="cpu")
     a_img, b_img = first.encode_images(images), second.encode_images(images)
-    a_txt, b_txt = first.encode_texts(texts), second.encode_texts(texts, batch_size=2)
+    a_txt, b_txt = first.encode_texts(texts), second.encode_texts(texts)
     assert a_img.dtype == np.float32 and a_img.shape == (5, 32)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_txt, b_txt)
     assert np.allclose(np.linalg.norm(a_img, axis=1), 1.0, atol=1e-5)
-    pil = [Image.open(p) for p in images[:2]]
-    assert np.array_equal(first.encode_images(pil), a_img[:2])
+    pil = [Image.open(p) for p in images]
+    assert np.array_equal(first.encode_images(pil), a_img)
+    # Batch size changes padding and BLAS shapes, so across batchings only closeness holds.
+    assert np.allclose(first.encode_texts(texts, batch_size=2), a_txt, atol=1e-5)
 
 
 def test_trained_model_beats_chance_on_its_own_catalog(trained_run, tiny_catalog):
@@ -123,3 +127,11 @@ def test_manifest_training(tmp_path):
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     final = train(_config("train.epochs=1", "train.batch_size=4"), data=str(tmp_path / "m.jsonl"), output=tmp_path / "run")
     assert (final / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["ikea-cpu", "ikea-gpu"])
+def test_shipped_recipes_build_and_take_steps_on_cpu(name, tiny_catalog, tmp_path):
+    config = load_config(CONFIG.parent / f"{name}.yaml", ["train.batch_size=8", "train.epochs=1", "train.device=cpu", "train.log_every=1"])
+    train(config, data=str(tiny_catalog), output=tmp_path / "run")
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) >= 3 and all(np.isfinite(losses))

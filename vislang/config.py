@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
             "name": "resnet18",
             "pretrained": False,
             "image_size": 96,
+            "color_bins": 0,  # >0: a soft RGB histogram with bins**3 cells joins the pooled features
             "kwargs": {},
         },
         "text": {
@@ -83,12 +84,24 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConfigError(f"override must look like key=value, got {text!r}")
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw else ""
-    if isinstance(value, str) and raw.lower() in ("none", "null"):
-        value = None
+    if isinstance(value, str):
+        value = _number_or_none(value)
     nested: dict[str, Any] = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     return nested
+
+
+def _number_or_none(text: str) -> Any:
+    """YAML reads "1e-3" as a string; a user typing it on the command line means a number."""
+    if text.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:

@@ -113,6 +113,8 @@ def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
 def _miss(n: int, good: int, k: int) -> float:
     """Probability that k random picks out of n contain none of `good` items."""
     p = 1.0
-    for i in range(k):
-        p *= max(0.0, (n - good - i) / (n - i))
+    for i in range(min(k, n)):
+        if n - good - i <= 0:
+            return 0.0
+        p *= (n - good - i) / (n - i)
     return p

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .color import ColorHistogram
 from .image_tower import create_image_tower
 from .text_tower import create_text_tower
 
@@ -31,7 +32,10 @@ class VisLangModel(nn.Module):
         self.cfg = cfg
         self.image_tower = create_image_tower(cfg["image"])
         self.text_tower = create_text_tower(cfg["text"])
-        self.image_proj = projection(self.image_tower.width, cfg["embed_dim"], cfg["head"])
+        bins = cfg["image"]["color_bins"]
+        self.color = ColorHistogram(bins) if bins else None
+        image_width = self.image_tower.width + (self.color.width if self.color else 0)
+        self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
         if cfg["text"]["freeze"]:
@@ -43,6 +47,8 @@ class VisLangModel(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         _, pooled = self.image_tower(pixels)
+        if self.color is not None:
+            pooled = torch.cat([pooled, self.color(pixels).to(pooled.dtype)], dim=-1)
         return F.normalize(self.image_proj(pooled), dim=-1)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

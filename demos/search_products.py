@@ -1,0 +1,44 @@
+"""Text -> image search over the IKEA test products and rooms with a trained model.
+
+    python demos/search_products.py --model runs/demo "a black office chair" "white bookcase"
+
+Writes a grid image (one row per query, its top hits) and prints the top captions.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+import vislang
+from vislang.data import find_data_dir, read_catalog
+from vislang.viz import result_grid
+
+DEFAULT_QUERIES = ["a black office chair", "a white bookcase", "a wooden dining table", "a pendant lamp", "a grey sofa"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("queries", nargs="*", default=DEFAULT_QUERIES)
+    parser.add_argument("--model", default="runs/demo", help="run or checkpoint folder")
+    parser.add_argument("--data", help="catalog folder (default: VISLANG_DATA, then ../shared/data/ikea)")
+    parser.add_argument("--kind", choices=["product", "room"], default="product")
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--out", default="runs/search_products.png")
+    args = parser.parse_args()
+
+    model = vislang.load(args.model)
+    gallery = read_catalog(find_data_dir(args.data)).select("test", args.kind)
+    images = model.encode_images([item.image for item in gallery])
+    scores = model.encode_texts(args.queries) @ images.T
+    rows = []
+    for query, row in zip(args.queries, scores):
+        top = np.argsort(-row)[: args.k]
+        print(f"{query!r}: " + " | ".join(gallery[i].caption for i in top))
+        rows.append((query, [(gallery[i].image, gallery[i].caption, False) for i in top]))
+    print(f"grid: {result_grid(rows, Path(args.out))}")
+
+
+if __name__ == "__main__":
+    main()
