@@ -8,22 +8,20 @@ from open_clip.loss import ClipLoss
 from vislang.losses import contrastive_loss
 
 
+def naive_one_way(sims, positives):
+    """Mean over rows of -(mean log-softmax over the row's positives), computed loop by loop."""
+    total = 0.0
+    for row, mask in zip(sims, positives):
+        log_z = math.log(sum(math.exp(s) for s in row))
+        pos = [j for j in range(len(row)) if mask[j]]
+        total += -sum(row[j] - log_z for j in pos) / len(pos)
+    return total / len(sims)
+
+
 def naive_loss(img, txt, scale, positives):
-    """Loop-by-loop InfoNCE with targets spread evenly over each row's positives."""
-    n, m = positives.shape
-    total_i = 0.0
-    for i in range(n):
-        logits = [scale * float(img[i] @ txt[j]) for j in range(m)]
-        log_z = math.log(sum(math.exp(l) for l in logits))
-        pos = [j for j in range(m) if positives[i, j]]
-        total_i += -sum(logits[j] - log_z for j in pos) / len(pos)
-    total_t = 0.0
-    for j in range(m):
-        logits = [scale * float(img[i] @ txt[j]) for i in range(n)]
-        log_z = math.log(sum(math.exp(l) for l in logits))
-        pos = [i for i in range(n) if positives[i, j]]
-        total_t += -sum(logits[i] - log_z for i in pos) / len(pos)
-    return (total_i / n + total_t / m) / 2
+    sims = [[scale * float(i @ t) for t in txt] for i in img]
+    columns = [list(c) for c in zip(*sims)]
+    return (naive_one_way(sims, positives.tolist()) + naive_one_way(columns, positives.t().tolist())) / 2
 
 
 def _embeddings(n, d=8, seed=0):
@@ -70,3 +68,21 @@ def test_gradient_pulls_positive_pairs_together():
     loss.backward()
     stepped = F.normalize(img - 0.5 * img.grad, dim=-1)
     assert (stepped * txt).sum(-1).mean() > (img * txt).sum(-1).mean()
+
+
+def test_linked_image_loss_matches_naive_and_skips_unlinked_rows():
+    from vislang.losses import linked_image_loss
+
+    img, _ = _embeddings(4, seed=5)
+    links = torch.zeros(4, 4, dtype=torch.bool)
+    links[0, 2] = links[0, 3] = links[2, 0] = True  # room 0 shows products 2 and 3; row 1 has no link
+    ours = linked_image_loss(img, torch.tensor(math.log(5.0)), links).item()
+    expected = []
+    for row in (0, 2):
+        others = [j for j in range(4) if j != row]
+        sims = [5.0 * float(img[row] @ img[j]) for j in others]
+        log_z = math.log(sum(math.exp(s) for s in sims))
+        pos = [k for k, j in enumerate(others) if links[row, j]]
+        expected.append(-sum(sims[k] - log_z for k in pos) / len(pos))
+    assert ours == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert linked_image_loss(img, torch.tensor(1.0), torch.zeros(4, 4, dtype=torch.bool)).item() == 0.0

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.05,
         "warmup_steps": 50,
         "grad_clip": 1.0,
+        "link_weight": 0.0,  # weight of the room photo -> product photos loss (needs data.room_links)
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end

@@ -123,7 +123,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.download import DownloadError, SourceLayoutError
     from ..data.images import ImageLoadError
     from ..data.locate import DataNotFoundError
-    from ..models.image_tower import PretrainedUnavailableError
+    from ..models.registry import PretrainedUnavailableError
 
     return (CliError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
             ImageLoadError, PretrainedUnavailableError, FileExistsError, FileNotFoundError)

@@ -20,6 +20,7 @@ class Batch:
     items: list[int]  # indices into the sampler's item list
     texts: list[str]
     positives: torch.Tensor  # [B, B] bool: image i matches text j
+    links: torch.Tensor  # [B, B] bool: image i is a room and image j a product it shows, or the reverse
 
 
 class PairSampler:
@@ -63,7 +64,7 @@ class PairSampler:
                 offset += 1
             indices = list(chosen)[: self.batch_size]
             texts = [self._pick_text(i, rng) for i in indices]
-            yield Batch(indices, texts, self.positives(indices, texts))
+            yield Batch(indices, texts, self.positives(indices, texts), self.links(indices))
 
     def _pick_text(self, index: int, rng: random.Random) -> str:
         texts = self.items[index].texts
@@ -71,11 +72,12 @@ class PairSampler:
             return texts[0]
         return rng.choice(texts[1:])
 
+    def links(self, indices: list[int]) -> torch.Tensor:
+        if not self.cfg["room_links"]:
+            return torch.zeros(len(indices), len(indices), dtype=torch.bool)
+        return torch.tensor([[(i, j) in self._linked_pairs for j in indices] for i in indices], dtype=torch.bool)
+
     def positives(self, indices: list[int], texts: list[str]) -> torch.Tensor:
         """Image i matches text j when text j is one of item i's own texts, or i and j are linked."""
-        use_links = self.cfg["room_links"]
-        mask = torch.zeros(len(indices), len(indices), dtype=torch.bool)
-        for a, i in enumerate(indices):
-            for b, (j, text) in enumerate(zip(indices, texts)):
-                mask[a, b] = a == b or text in self._text_sets[i] or (use_links and (i, j) in self._linked_pairs)
-        return mask
+        own = torch.tensor([[a == b or text in self._text_sets[i] for b, text in enumerate(texts)] for a, i in enumerate(indices)])
+        return own | self.links(indices)

@@ -1,4 +1,4 @@
 """Training objectives."""
-from .contrastive import contrastive_loss
+from .contrastive import contrastive_loss, linked_image_loss
 
-__all__ = ["contrastive_loss"]
+__all__ = ["contrastive_loss", "linked_image_loss"]

@@ -39,3 +39,23 @@ def contrastive_loss(
     to_text = positives / positives.sum(dim=1, keepdim=True)
     to_image = positives.t() / positives.t().sum(dim=1, keepdim=True)
     return (_soft_cross_entropy(logits, to_text) + _soft_cross_entropy(logits.t(), to_image)) / 2
+
+
+def linked_image_loss(image_emb: torch.Tensor, logit_scale: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
+    """Image->image InfoNCE for rows with links: a room photo should find the photos of its products.
+
+    links [N, N] is a 0/1 mask (no self-links); rows without any link are left out. Zero when the
+    batch has no links.
+    """
+    rows = links.any(dim=1)
+    if not rows.any():
+        return image_emb.sum() * 0.0
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * image_emb[rows] @ image_emb.t()
+    self_mask = torch.zeros_like(links[rows])
+    self_mask[torch.arange(self_mask.shape[0]), rows.nonzero().squeeze(1)] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    targets = links[rows].to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    log_probs = F.log_softmax(logits, dim=-1).masked_fill(self_mask, 0.0)
+    return -(targets * log_probs).sum(dim=-1).mean()

@@ -10,20 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
+from .registry import build_tower, unavailable
 
-
-class PretrainedUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but could not be fetched (for example offline)."""
-
-
-def _unavailable(what: str, err: Exception) -> PretrainedUnavailableError:
-    return PretrainedUnavailableError(
-        f"could not load pretrained weights for {what}: {err}. Pretrained weights are downloaded "
-        "from the model hub on first use and need internet access; set pretrained: false in the "
-        "config (or model.image.pretrained=false on the command line) to start from random weights."
-    )
+OFFLINE_HINT = "set model.image.pretrained=false (in the config or on the command line) to start from random weights"
 
 
 class TimmImageTower(nn.Module):
@@ -37,10 +26,10 @@ class TimmImageTower(nn.Module):
             self.body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", **kwargs)
         except RuntimeError as err:
             if "pretrained" in str(err).lower() or pretrained:
-                raise _unavailable(f"timm model {name!r}", err) from err
+                raise unavailable(f"timm model {name!r}", err, OFFLINE_HINT) from err
             raise
         except OSError as err:  # hub download failures surface as OSError subclasses
-            raise _unavailable(f"timm model {name!r}", err) from err
+            raise unavailable(f"timm model {name!r}", err, OFFLINE_HINT) from err
         self.width = self.token_width = self.body.num_features
         self.prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
 
@@ -66,7 +55,7 @@ class OpenClipImageTower(nn.Module):
         try:
             model = open_clip.create_model(name, pretrained=tag, force_image_size=image_size, **kwargs)
         except (RuntimeError, OSError) as err:
-            raise _unavailable(f"open_clip model {name!r} ({tag})", err) from err
+            raise unavailable(f"open_clip model {name!r} ({tag})", err, OFFLINE_HINT) from err
         self.body = model.visual
         self.body.output_tokens = True
         self.width = self.body.output_dim
@@ -81,7 +70,4 @@ IMAGE_TOWERS = {"timm": TimmImageTower, "open_clip": OpenClipImageTower}
 
 
 def create_image_tower(cfg: dict[str, Any]) -> nn.Module:
-    kind = cfg["kind"]
-    if kind not in IMAGE_TOWERS:
-        raise ValueError(f"unknown image tower kind {kind!r}; choose from {sorted(IMAGE_TOWERS)}")
-    return IMAGE_TOWERS[kind](cfg["name"], pretrained=cfg["pretrained"], image_size=cfg["image_size"], **cfg["kwargs"])
+    return build_tower(IMAGE_TOWERS, cfg, "image tower", image_size=cfg["image_size"])

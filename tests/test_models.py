@@ -1,0 +1,64 @@
+"""Model building: towers from each library, offline random init, clear errors for pretrained weights offline."""
+import pytest
+import torch
+
+from vislang.config import DEFAULTS, load_config
+from vislang.models import create_model
+from vislang.models.registry import PretrainedUnavailableError
+
+
+def _model_cfg(*overrides):
+    return load_config(None, ["model.embed_dim=16", "model.image.image_size=32", *overrides])["model"]
+
+
+@pytest.mark.parametrize(
+    "image, text",
+    [
+        (["model.image.name=resnet10t"], ["model.text.pretrained=true"]),
+        (["model.image.kind=open_clip", "model.image.name=ViT-S-32"], ["model.text.kind=open_clip", "model.text.name=ViT-S-32", "model.text.pretrained=false", "model.text.freeze=false"]),
+    ],
+)
+def test_towers_return_tokens_and_unit_embeddings(image, text):
+    model, tokenizer = create_model(_model_cfg(*image, *text))
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens, pooled = model.image_tower(pixels)
+    assert tokens.ndim == 3 and tokens.shape[0] == 2 and pooled.shape == (2, model.image_tower.width)
+    ids, mask = tokenizer(["a red chair", "an oak table with four legs"])
+    text_tokens, text_pooled = model.text_tower(ids, mask)
+    assert text_tokens.shape[:2] == ids.shape and text_pooled.shape == (2, model.text_tower.width)
+    for emb in (model.encode_image(pixels), model.encode_text(ids, mask)):
+        assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_frozen_text_tower_has_no_trainable_weights():
+    model, _ = create_model(_model_cfg())
+    assert not any(p.requires_grad for p in model.text_tower.parameters())
+    model.train()
+    assert not model.text_tower.training  # dropout stays off, so cached text features are exact
+
+
+def test_colour_histogram_joins_the_image_features():
+    model, _ = create_model(_model_cfg("model.image.color_bins=3"))
+    assert model.image_proj[0].in_features == model.image_tower.width + 27
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.image.pretrained=true"],  # timm weights from the hub
+        ["model.text.name=sentence-transformers/all-mpnet-base-v2"],  # a hub id for the text tower
+    ],
+)
+def test_pretrained_weights_offline_fail_clearly(overrides, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="internet"):
+        create_model(_model_cfg(*overrides))
+
+
+def test_unknown_tower_kind():
+    with pytest.raises(ValueError, match="unknown image tower kind"):
+        create_model(_model_cfg("model.image.kind=keras"))
+
+
+def test_defaults_are_offline():
+    assert DEFAULTS["model"]["text"]["name"] == "minilm-l6" and DEFAULTS["model"]["image"]["pretrained"] is False
