@@ -10,6 +10,11 @@ import torch
 from .data.images import ImageLike
 from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
+from .models.generate import generate
+
+
+class MissingHeadError(ValueError):
+    """The model was trained without the head a call needs."""
 
 
 def default_device() -> torch.device:
@@ -47,6 +52,38 @@ class VisLang:
             ids, mask = self.tokenizer(list(texts[start : start + batch_size]))
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
         return np.concatenate(out)
+
+
+    def _require(self, head: str, config_key: str) -> None:
+        if getattr(self.model, head) is None:
+            raise MissingHeadError(f"this model has no {head} head: train it with model.{config_key}.enabled=true")
+
+    @torch.inference_mode()
+    def match(self, images: Sequence[ImageLike], texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[N] probability that images[i] matches texts[i], from the matching head."""
+        self._require("matching", "matching")
+        if len(images) != len(texts):
+            raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
+        out = [np.zeros(0, np.float32)]
+        for start in range(0, len(texts), batch_size):
+            pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
+            image_tokens, _ = self.model.image_features(pixels)
+            ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
+            text_tokens, _ = self.model.text_tower(ids, mask)
+            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, image_tokens)).float().cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32) -> list[str]:
+        """A short description of each image, from the caption decoder (beam search; 1 beam is greedy)."""
+        self._require("decoder", "decoder")
+        captions: list[str] = []
+        for start in range(0, len(images), batch_size):
+            pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
+            image_tokens, _ = self.model.image_features(pixels)
+            for ids in generate(self.model.decoder, image_tokens, max_length=max_length, num_beams=num_beams):
+                captions.append(self.tokenizer.decode(ids))
+        return captions
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> VisLang:

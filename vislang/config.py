@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
             "kwargs": {},
         },
         "head": "mlp",  # projection heads: linear | mlp
+        # Image-text matching head (text tokens attend to image tokens; BLIP-style).
+        "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
+        # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
+        "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40},
         "init_temperature": 0.07,
     },
     "data": {
@@ -51,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 50,
         "grad_clip": 1.0,
         "link_weight": 0.0,  # weight of the room photo -> product photos loss (needs data.room_links)
+        "matching_weight": 1.0,  # used when model.matching.enabled
+        "caption_weight": 1.0,  # used when model.decoder.enabled
+        "caption_batch": 0,  # items per step the decoder is trained on (0: the whole batch)
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end

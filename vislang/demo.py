@@ -11,7 +11,7 @@ from .api import load
 from .checkpoint import CheckpointError, find_checkpoint
 from .config import load_config
 from .data import find_data_dir, read_catalog
-from .eval import chance_levels, evaluate
+from .eval.report import evaluate_model, format_report
 from .train import train
 from .viz import result_grid, result_page
 
@@ -29,9 +29,8 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
         train(load_config(config_path, overrides), data=str(data_dir), output=output, resume=False)
     model = load(output)
     catalog = read_catalog(data_dir)
-    metrics = evaluate(model, catalog, "test")
-    chance = chance_levels(catalog, "test")
-    print("\ntest split" + "".join(f"\n  {k:32s} {v:.3f}" + (f"   (chance {chance[k]:.3f})" if k in chance else "") for k, v in metrics.items()))
+    metrics = evaluate_model(model, catalog, "test")
+    print(f"\ntest split\n{format_report(metrics, catalog, 'test')}")
     (output / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
     rows = _example_rows(model, catalog)
     grid = result_grid(rows, output / "results.png")

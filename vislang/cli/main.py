@@ -42,24 +42,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..api import load
     from ..data import find_data_dir, read_catalog
-    from ..eval import chance_levels, evaluate
+    from ..eval.report import evaluate_model, format_report
 
     model = load(args.checkpoint, device=args.device)
     data = args.data or model.config["data"].get("path")
     catalog = read_catalog(find_data_dir(data if args.data or _exists(data) else None))
-    metrics = evaluate(model, catalog, args.split)
+    metrics = evaluate_model(model, catalog, args.split)
     if args.json:
         print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics}))
     else:
-        chance = chance_levels(catalog, args.split)
-        print(f"{model.checkpoint} on {args.split}:")
-        for key, value in metrics.items():
-            print(f"  {key:32s} {value:.3f}" + (f"   (chance {chance[key]:.3f})" if key in chance else ""))
+        print(f"{model.checkpoint} on {args.split}:\n{format_report(metrics, catalog, args.split)}")
     return 0
 
 
 def _exists(path: str | None) -> bool:
     return bool(path) and Path(path).exists()
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from ..api import load
+    from ..data.images import load_image
+
+    images = [load_image(path) for path in args.images]  # a missing or corrupt file stops here, named
+    model = load(args.checkpoint, device=args.device)
+    captions = model.caption(images, max_length=args.max_length, num_beams=args.beams)
+    if args.json:
+        print(json.dumps([{"image": path, "caption": caption} for path, caption in zip(args.images, captions)]))
+    else:
+        for path, caption in zip(args.images, captions):
+            print(f"{path}\t{caption}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -98,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("caption", help="describe furniture photos with the caption decoder")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--beams", type=int, default=3, help="beam width (1: greedy)")
+    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_caption)
+
     p = sub.add_parser("demo", help="train the CPU recipe, evaluate it and write a results grid")
     p.add_argument("--config", default="ikea-cpu")
     p.add_argument("--data")
@@ -118,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user; anything else is a bug and keeps its traceback."""
+    from ..api import MissingHeadError
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data.download import DownloadError, SourceLayoutError
@@ -125,7 +147,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.locate import DataNotFoundError
     from ..models.registry import PretrainedUnavailableError
 
-    return (CliError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
+    return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
             ImageLoadError, PretrainedUnavailableError, FileExistsError, FileNotFoundError)
 
 

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .color import ColorHistogram
+from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
+from .matching import MatchingHead
 from .text_tower import create_text_tower
 
 
@@ -27,7 +29,7 @@ def projection(width: int, embed_dim: int, kind: str) -> nn.Module:
 
 
 class VisLangModel(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], special_ids: dict[str, int]) -> None:
         super().__init__()
         self.cfg = cfg
         self.image_tower = create_image_tower(cfg["image"])
@@ -38,6 +40,14 @@ class VisLangModel(nn.Module):
         self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
+        self.matching = self.decoder = None
+        if cfg["matching"]["enabled"]:
+            m = cfg["matching"]
+            self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"], m["heads"])
+        if cfg["decoder"]["enabled"]:
+            d = cfg["decoder"]
+            self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
+                                          heads=d["heads"], max_length=d["max_length"], **special_ids)
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
@@ -45,11 +55,15 @@ class VisLangModel(nn.Module):
     def text_frozen(self) -> bool:
         return bool(self.cfg["text"]["freeze"])
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        _, pooled = self.image_tower(pixels)
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image tokens [B, N, C] for the matching head and decoder, embedding [B, D] for contrast)."""
+        tokens, pooled = self.image_tower(pixels)
         if self.color is not None:
             pooled = torch.cat([pooled, self.color(pixels).to(pooled.dtype)], dim=-1)
-        return F.normalize(self.image_proj(pooled), dim=-1)
+        return tokens, F.normalize(self.image_proj(pooled), dim=-1)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_features(pixels)[1]
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The text tower's pooled output, before projection (what a frozen tower's cache holds)."""

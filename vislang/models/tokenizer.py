@@ -6,6 +6,9 @@ from typing import Any
 
 import torch
 
+from .registry import unavailable
+from .text_tower import OFFLINE_HINT
+
 
 class Tokenizer:
     """Callable text -> (input_ids, attention_mask), padded to the longest text, cut at max_length."""
@@ -15,13 +18,32 @@ class Tokenizer:
         if kind == "hf":
             from transformers import AutoTokenizer
 
-            self._tok = AutoTokenizer.from_pretrained(source)
+            try:
+                self._tok = AutoTokenizer.from_pretrained(source)
+            except OSError as err:
+                raise unavailable(f"the tokenizer of {source!r}", err, OFFLINE_HINT) from err
         elif kind == "open_clip":
             import open_clip
 
-            self._tok = open_clip.get_tokenizer(source, context_length=max_length)
+            # The context length is the model config's: its positional table and attention mask are built for it.
+            self._tok = open_clip.get_tokenizer(source)
         else:
             raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """vocab size and the ids the caption decoder starts, ends and pads with."""
+        if self.kind == "hf":
+            tok = self._tok
+            bos = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+            eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+            return {"vocab_size": len(tok), "pad_id": tok.pad_token_id or 0, "bos_id": bos, "eos_id": eos}
+        return {"vocab_size": self._tok.vocab_size, "pad_id": 0, "bos_id": self._tok.sot_token_id, "eos_id": self._tok.eot_token_id}
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "hf":
+            return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+        return self._tok.decode(ids).strip()
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "hf":

@@ -23,7 +23,7 @@ from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
 from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
-from ..losses import contrastive_loss, linked_image_loss
+from ..losses import contrastive_loss, linked_image_loss, matching_loss
 from ..models import VisLangModel, create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
 from .logger import RunLogger, plot_curves
@@ -47,16 +47,35 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+TextCache = dict[str, tuple[torch.Tensor, torch.Tensor]]  # text -> (pooled [C], tokens [L, C])
+
+
 @torch.inference_mode()
-def _text_feature_cache(model: VisLangModel, tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:
+def _text_feature_cache(model: VisLangModel, tokenizer, texts: list[str], device, keep_tokens: bool) -> TextCache:
     """A frozen text tower gives the same features every step: compute each text once."""
     unique = sorted(set(texts), key=len)  # similar lengths per batch: little padding
-    features: dict[str, torch.Tensor] = {}
+    cache: TextCache = {}
+    empty = torch.zeros(0)
     for start in tqdm(range(0, len(unique), 128), desc="encoding texts", unit="batch", mininterval=1.0):
         chunk = unique[start : start + 128]
         ids, mask = tokenizer(chunk)
-        features.update(zip(chunk, model.text_features(ids.to(device), mask.to(device)).float()))
-    return features
+        tokens, pooled = model.text_tower(ids.to(device), mask.to(device))
+        for row, text in enumerate(chunk):
+            kept = tokens[row, : int(mask[row].sum())].float().clone() if keep_tokens else empty
+            cache[text] = (pooled[row].float().clone(), kept)
+    return cache
+
+
+def _cached_text_batch(cache: TextCache, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens [B, L, C] padded, mask [B, L], pooled [B, C]) from the cache."""
+    pooled = torch.stack([cache[t][0] for t in texts]).to(device)
+    rows = [cache[t][1] for t in texts]
+    if not rows[0].numel():
+        return pooled.new_zeros(len(texts), 0, 0), pooled.new_zeros(len(texts), 0), pooled
+    tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    mask = (torch.arange(tokens.shape[1], device=device) < lengths[:, None]).long()
+    return tokens, mask, pooled
 
 
 def train(config: dict[str, Any], data: str | None = None, output: str | Path = "runs/latest", resume: bool = False) -> Path:
@@ -83,7 +102,12 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     model, tokenizer = create_model(config["model"])
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], betas=(0.9, 0.98))
-    text_cache = _text_feature_cache(model, tokenizer, [t for it in items for t in it.texts], device) if model.text_frozen else None
+    text_cache = None
+    if model.text_frozen:
+        all_texts = [t for it in items for t in it.texts]
+        text_cache = _text_feature_cache(model, tokenizer, all_texts, device, keep_tokens=model.matching is not None)
+    weights = {"loss_contrastive": 1.0, "loss_links": tcfg["link_weight"], "loss_matching": tcfg["matching_weight"],
+               "loss_caption": tcfg["caption_weight"]}
 
     step, elapsed_before = 0, 0.0
     if resume:
@@ -129,16 +153,26 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                 generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
                 pixels = augment(bank, batch.items, image_size, dcfg["augment"]["scale"], dcfg["augment"]["flip"], generator)
                 with autocast:
-                    image_emb = model.encode_image(pixels.to(device, non_blocking=True))
+                    image_tokens, image_emb = model.image_features(pixels.to(device, non_blocking=True))
                     if text_cache is not None:
-                        text_emb = model.project_text(torch.stack([text_cache[t] for t in batch.texts]))
+                        text_tokens, text_mask, text_pooled = _cached_text_batch(text_cache, batch.texts, device)
                     else:
-                        ids, mask = tokenizer(batch.texts)
-                        text_emb = model.encode_text(ids.to(device), mask.to(device))
-                    losses = {"loss_contrastive": contrastive_loss(image_emb.float(), text_emb.float(), model.logit_scale, batch.positives.to(device))}
+                        ids, text_mask = (t.to(device) for t in tokenizer(batch.texts))
+                        text_tokens, text_pooled = model.text_tower(ids, text_mask)
+                    text_emb = model.project_text(text_pooled)
+                    positives = batch.positives.to(device)
+                    losses = {"loss_contrastive": contrastive_loss(image_emb.float(), text_emb.float(), model.logit_scale, positives)}
                     if tcfg["link_weight"]:
                         losses["loss_links"] = linked_image_loss(image_emb.float(), model.logit_scale, batch.links.to(device))
-                    loss = losses["loss_contrastive"] + tcfg["link_weight"] * losses.get("loss_links", 0.0)
+                    if model.matching is not None:
+                        similarity = (image_emb @ text_emb.t()).detach()
+                        losses["loss_matching"], _ = matching_loss(model.matching, image_tokens, text_tokens, text_mask,
+                                                                   similarity, positives, generator)
+                    if model.decoder is not None:
+                        chosen = torch.randperm(len(batch.items), generator=generator)[: tcfg["caption_batch"] or None]
+                        ids, _ = tokenizer([items[batch.items[i]].caption for i in chosen.tolist()])
+                        losses["loss_caption"] = model.decoder.loss(image_tokens[chosen.to(device)], ids[:, : model.decoder.max_length].to(device))
+                    loss = sum(weights[name] * value for name, value in losses.items())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])

@@ -1,0 +1,77 @@
+"""The matching head and caption decoder inside a training run, the API and the `caption` command."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vislang
+from vislang.config import load_config
+from vislang.train import train
+from vislang.train.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS = ["model.matching.enabled=true", "model.decoder.enabled=true", "model.matching.width=32",
+         "model.decoder.width=32", "model.decoder.max_length=24", "model.image.image_size=32",
+         "train.batch_size=12", "train.warmup_steps=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def heads_run(tiny_catalog, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads")
+    train(load_config(ROOT / "configs" / "tiny.yaml", HEADS + ["train.epochs=15", "train.lr=3e-3"]), data=str(tiny_catalog), output=out)
+    return out
+
+
+def test_three_objectives_are_logged_and_fall(heads_run):
+    records = [r for r in read_metrics(heads_run / "metrics.jsonl") if "loss" in r]
+    for key in ("loss_contrastive", "loss_matching", "loss_caption"):
+        values = [r[key] for r in records]
+        assert len(values) == len(records) and np.mean(values[-5:]) < np.mean(values[:5]), key
+
+
+def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):
+    grey = Image.new("L", (40, 30), 90)
+    rgba = Image.new("RGBA", (30, 40), (200, 10, 10, 128))
+    rgba_path = tmp_path / "rgba.png"
+    rgba.save(rgba_path)
+    model = vislang.load(heads_run, device="cpu")
+    captions = model.caption([grey, rgba_path], max_length=8, num_beams=2)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    assert captions == model.caption([grey, rgba_path], max_length=8, num_beams=2)  # deterministic
+    probabilities = model.match([grey, rgba_path], ["a grey chair", "a red lamp"])
+    assert probabilities.shape == (2,) and ((probabilities >= 0) & (probabilities <= 1)).all()
+    with pytest.raises(ValueError, match="as many images as texts"):
+        model.match([grey], ["a", "b"])
+
+
+def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):
+    train(load_config(ROOT / "configs" / "tiny.yaml", ["model.image.image_size=32", "train.batch_size=12"]),
+          data=str(tiny_catalog), output=tmp_path / "run")
+    model = vislang.load(tmp_path / "run", device="cpu")
+    with pytest.raises(vislang.api.MissingHeadError, match="model.decoder.enabled=true"):
+        model.caption([Image.new("RGB", (8, 8))])
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "vislang", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_caption_cli(heads_run, tiny_catalog, tmp_path):
+    image = sorted((tiny_catalog / "images" / "products").glob("*.jpg"))[0]
+    ok = _cli("caption", "--checkpoint", str(heads_run), str(image), "--json", "--beams", "1")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    rows = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert rows[0]["image"] == str(image) and isinstance(rows[0]["caption"], str)
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 broken")
+    for bad in (tmp_path / "missing.jpg", corrupt):
+        result = _cli("caption", "--checkpoint", str(heads_run), str(image), str(bad))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert bad.name in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,24 @@
+"""Everything `vislang eval` reports for a trained model, and its text table."""
+from __future__ import annotations
+
+from ..data.catalog import Catalog
+from .captioning import evaluate_captions, evaluate_reranking
+from .retrieval import chance_levels, evaluate
+
+
+def evaluate_model(model, catalog: Catalog, split: str = "test") -> dict[str, float]:
+    """Retrieval metrics, plus caption scores and re-ranking when the model has those heads."""
+    metrics = evaluate(model, catalog, split)
+    if model.model.decoder is not None and catalog.select(split, "product"):
+        metrics.update(evaluate_captions(model, catalog, split)[0])
+    if model.model.matching is not None and catalog.select(split, "product"):
+        metrics.update(evaluate_reranking(model, catalog, split))
+    return metrics
+
+
+def format_report(metrics: dict[str, float], catalog: Catalog, split: str) -> str:
+    chance = chance_levels(catalog, split)
+    return "\n".join(
+        f"  {key:36s} {value:.3f}" + (f"   (chance {chance[key]:.3f})" if key in chance else "")
+        for key, value in metrics.items()
+    )
