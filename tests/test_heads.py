@@ -50,7 +50,8 @@ def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):
 
 
 def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):
-    train(load_config(ROOT / "configs" / "tiny.yaml", ["model.image.image_size=32", "train.batch_size=12"]),
+    no_heads = ["model.matching.enabled=false", "model.decoder.enabled=false"]
+    train(load_config(ROOT / "configs" / "tiny.yaml", ["model.image.image_size=32", "train.batch_size=12", *no_heads]),
           data=str(tiny_catalog), output=tmp_path / "run")
     model = vislang.load(tmp_path / "run", device="cpu")
     with pytest.raises(vislang.api.MissingHeadError, match="model.decoder.enabled=true"):

@@ -82,6 +82,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     """Train a model as `config` says; returns the final checkpoint folder."""
     tcfg, dcfg = config["train"], config["data"]
     run_dir = Path(output)
+    resume_from = find_checkpoint(run_dir) if resume else None
+    if not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
     data_location = find_data_dir(data or dcfg["path"])
     config = {**config, "data": {**dcfg, "path": str(data_location)}}
     _seed_everything(config["seed"])
@@ -110,15 +113,12 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                "loss_caption": tcfg["caption_weight"]}
 
     step, elapsed_before = 0, 0.0
-    if resume:
-        checkpoint = find_checkpoint(run_dir)
-        load_model(model, str(checkpoint / "model.safetensors"), device=str(device))
-        state = torch.load(checkpoint / "trainer_state.pt", map_location=device, weights_only=True)
+    if resume_from is not None:
+        load_model(model, str(resume_from / "model.safetensors"), device=str(device))
+        state = torch.load(resume_from / "trainer_state.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed"]
-        print(f"resuming from {checkpoint} at step {step}")
-    elif (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+        print(f"resuming from {resume_from} at step {step}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     logger = RunLogger(run_dir)
