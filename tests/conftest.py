@@ -69,6 +69,18 @@ def tiny_catalog(tmp_path_factory) -> Path:
     return make_catalog(tmp_path_factory.mktemp("catalog"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: with several threads, synchronisation costs more than the maths (5-10x slower
+    on a busy machine). Restored afterwards so other tests are unaffected."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VISLANG_CACHE", str(tmp_path / "cache"))

@@ -11,13 +11,7 @@ VOCAB, IMAGE_WIDTH, N_TOKENS = 50, 8, 5
 PAD, BOS, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors gain nothing from threads, and on a busy machine they cost a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _decoder(seed: int = 0, max_length: int = 16) -> CaptionDecoder:

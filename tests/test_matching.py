@@ -10,14 +10,7 @@ from vislang.losses.matching import matching_loss, negative_probabilities, sampl
 from vislang.models.matching import MatchingHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: with several threads, synchronisation costs more than the maths
-    # (5-10x slower on a busy machine). Restored afterwards so other test modules are unaffected.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _head(text_width: int = 12, image_width: int = 10, **kwargs) -> MatchingHead:
