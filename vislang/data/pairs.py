@@ -64,7 +64,8 @@ class PairSampler:
                 offset += 1
             indices = list(chosen)[: self.batch_size]
             texts = [self._pick_text(i, rng) for i in indices]
-            yield Batch(indices, texts, self.positives(indices, texts), self.links(indices))
+            links = self.links(indices)
+            yield Batch(indices, texts, self.positives(indices, texts, links), links)
 
     def _pick_text(self, index: int, rng: random.Random) -> str:
         texts = self.items[index].texts
@@ -77,7 +78,7 @@ class PairSampler:
             return torch.zeros(len(indices), len(indices), dtype=torch.bool)
         return torch.tensor([[(i, j) in self._linked_pairs for j in indices] for i in indices], dtype=torch.bool)
 
-    def positives(self, indices: list[int], texts: list[str]) -> torch.Tensor:
+    def positives(self, indices: list[int], texts: list[str], links: torch.Tensor) -> torch.Tensor:
         """Image i matches text j when text j is one of item i's own texts, or i and j are linked."""
         own = torch.tensor([[a == b or text in self._text_sets[i] for b, text in enumerate(texts)] for a, i in enumerate(indices)])
-        return own | self.links(indices)
+        return own | links
