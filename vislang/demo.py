@@ -12,6 +12,7 @@ from .checkpoint import CheckpointError, find_checkpoint
 from .config import load_config
 from .data import find_data_dir, read_catalog
 from .eval.report import evaluate_model, format_report
+from .eval.retrieval import ImageCache, image_embeddings
 from .train import train
 from .viz import result_grid, result_page
 
@@ -21,32 +22,34 @@ ROOM_QUERIES = ["a bright kitchen with white cabinets", "a cosy bedroom with a d
 def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = False, overrides: list[str] = ()) -> dict:
     data_dir = find_data_dir(data)
     try:
-        if retrain:
-            raise CheckpointError("retrain asked for")
-        checkpoint = find_checkpoint(output)
-        print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
+        checkpoint = None if retrain else find_checkpoint(output)
     except CheckpointError:
+        checkpoint = None
+    if checkpoint is None:
         train(load_config(config_path, overrides), data=str(data_dir), output=output, resume=False)
+    else:
+        print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
     model = load(output)
     catalog = read_catalog(data_dir)
-    metrics = evaluate_model(model, catalog, "test")
+    cache: ImageCache = {}  # image embeddings, shared by the metrics and the example grid
+    metrics = evaluate_model(model, catalog, "test", cache)
     print(f"\ntest split\n{format_report(metrics, catalog, 'test')}")
     (output / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-    rows = _example_rows(model, catalog)
+    rows = _example_rows(model, catalog, cache)
     grid = result_grid(rows, output / "results.png")
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
     print(f"\nresults grid: {grid}\nresults page: {page}")
     return metrics
 
 
-def _example_rows(model, catalog, per_row: int = 5, n_products: int = 5):
+def _example_rows(model, catalog, cache: ImageCache, per_row: int = 5, n_products: int = 5):
     products, rooms = catalog.select("test", "product"), catalog.select(None, "room")
     picks = random.Random(0).sample(products, min(n_products, len(products)))
     rows = []
     for gallery, queries in ((products, [(p.caption, p) for p in picks]), (rooms, [(q, None) for q in ROOM_QUERIES])):
         if not gallery:
             continue
-        images = model.encode_images([item.image for item in gallery])
+        images = image_embeddings(model, gallery, cache)
         texts = model.encode_texts([q for q, _ in queries])
         for (query, truth), scores in zip(queries, texts @ images.T):
             top = np.argsort(-scores)[:per_row]

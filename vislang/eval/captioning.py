@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import _same_caption_truth, recall_at_k
+from .retrieval import ImageCache, _same_caption_truth, image_embeddings, recall_at_k
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -39,14 +39,16 @@ def references(item: Item) -> list[str]:
     return [item.caption] + ([description] if description else [])
 
 
-def evaluate_captions(model, catalog: Catalog, split: str = "test", num_beams: int = 3) -> tuple[dict[str, float], list[str]]:
+def evaluate_captions(
+    model, catalog: Catalog, split: str = "test", num_beams: int = 3, cache: ImageCache | None = None
+) -> tuple[dict[str, float], list[str]]:
     """Decoder and nearest-neighbour-retrieval caption scores on the split's products."""
     products = catalog.select(split, "product")
     train = catalog.select("train", "product")
     refs = [references(item) for item in products]
     generated = model.caption([item.image for item in products], num_beams=num_beams)
-    test_emb = model.encode_images([item.image for item in products])
-    train_emb = model.encode_images([item.image for item in train])
+    cache = {} if cache is None else cache
+    test_emb, train_emb = image_embeddings(model, products, cache), image_embeddings(model, train, cache)
     nearest = np.argmax(test_emb @ train_emb.T, axis=1)
     retrieved = [train[i].caption for i in nearest]
     metrics = {f"caption_{k}": v for k, v in caption_scores(generated, refs).items()}
@@ -64,10 +66,12 @@ def names_type_share(captions: Sequence[str], items: Sequence[Item]) -> float:
     return hits / max(1, len(captions))
 
 
-def evaluate_reranking(model, catalog: Catalog, split: str = "test", top: int = 20) -> dict[str, float]:
+def evaluate_reranking(
+    model, catalog: Catalog, split: str = "test", top: int = 20, cache: ImageCache | None = None
+) -> dict[str, float]:
     """Product text->image R@1 from the contrastive ranking, and after the matching head re-scores its top `top`."""
     products = catalog.select(split, "product")
-    images = model.encode_images([item.image for item in products])
+    images = image_embeddings(model, products, {} if cache is None else cache)
     captions = [item.caption for item in products]
     scores = model.encode_texts(captions) @ images.T
     truth = _same_caption_truth(products)

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 from ..data.catalog import Catalog
 from .captioning import evaluate_captions, evaluate_reranking
-from .retrieval import chance_levels, evaluate
+from .retrieval import ImageCache, chance_levels, evaluate
 
 
-def evaluate_model(model, catalog: Catalog, split: str = "test") -> dict[str, float]:
-    """Retrieval metrics, plus caption scores and re-ranking when the model has those heads."""
-    metrics = evaluate(model, catalog, split)
+def evaluate_model(model, catalog: Catalog, split: str = "test", cache: ImageCache | None = None) -> dict[str, float]:
+    """Retrieval metrics, plus caption scores and re-ranking when the model has those heads.
+
+    All of them share one image-embedding cache, so each image is encoded once.
+    """
+    cache = {} if cache is None else cache
+    metrics = evaluate(model, catalog, split, cache)
     if model.model.decoder is not None and catalog.select(split, "product"):
-        metrics.update(evaluate_captions(model, catalog, split)[0])
+        metrics.update(evaluate_captions(model, catalog, split, cache=cache)[0])
     if model.model.matching is not None and catalog.select(split, "product"):
-        metrics.update(evaluate_reranking(model, catalog, split))
+        metrics.update(evaluate_reranking(model, catalog, split, cache=cache))
     return metrics
 
 

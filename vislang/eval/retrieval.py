@@ -43,7 +43,11 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
     return [by_caption[item.caption] for item in items]
 
 
-def _image_embeddings(encoder: Encoder, items: list[Item], cache: dict[Path, np.ndarray]) -> np.ndarray:
+ImageCache = dict[Path, np.ndarray]  # image path -> embedding, shared by evaluations of one model
+
+
+def image_embeddings(encoder: Encoder, items: list[Item], cache: ImageCache) -> np.ndarray:
+    """Embeddings of the items' images, encoding only those not already in `cache`."""
     missing = [item.image for item in items if item.image not in cache]
     if missing:
         for path, row in zip(missing, encoder.encode_images(missing)):
@@ -51,13 +55,13 @@ def _image_embeddings(encoder: Encoder, items: list[Item], cache: dict[Path, np.
     return np.stack([cache[item.image] for item in items])
 
 
-def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test") -> dict[str, float]:
+def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: ImageCache | None = None) -> dict[str, float]:
     """Every retrieval metric the project reports, on one split of a catalog."""
     metrics: dict[str, float] = {}
-    cache: dict[Path, np.ndarray] = {}
+    cache = {} if cache is None else cache
     products = catalog.select(split, "product") or catalog.select(split, "image")
     if products:
-        images = _image_embeddings(encoder, products, cache)
+        images = image_embeddings(encoder, products, cache)
         texts = encoder.encode_texts([item.caption for item in products])
         truth = _same_caption_truth(products)
         for k, value in recall_at_k(texts @ images.T, truth, (1, 5, 10)).items():
@@ -66,7 +70,7 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test") -> dict[st
             metrics[f"product_image2text_r{k}"] = value
     rooms = catalog.select(split, "room")
     if rooms:
-        room_images = _image_embeddings(encoder, rooms, cache)
+        room_images = image_embeddings(encoder, rooms, cache)
         titles = encoder.encode_texts([item.caption for item in rooms])
         for k, value in recall_at_k(titles @ room_images.T, _same_caption_truth(rooms), (1, 5)).items():
             metrics[f"room_title2image_r{k}"] = value
@@ -82,7 +86,7 @@ def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, 
     with_truth = [(r, truth) for r, truth in with_truth if truth]
     if not gallery or not with_truth:
         return {}
-    product_images = _image_embeddings(encoder, gallery, cache)
+    product_images = image_embeddings(encoder, gallery, cache)
     queries = room_images[[r for r, _ in with_truth]]
     return {"room2products_r50": coverage_at_k(queries @ product_images.T, [t for _, t in with_truth], 50)}
 
