@@ -193,6 +193,24 @@ def test_matching_loss_pairs_gradients_and_skips():
     assert all(math.isfinite(v) for v in stats.values())
 
 
+def test_matching_loss_on_chosen_rows_equals_the_loss_on_those_pairs():
+    head = _head()
+    batch = 6
+    generator = torch.Generator().manual_seed(3)
+    text, image = torch.randn(batch, 5, 12, generator=generator), torch.randn(batch, 4, 10, generator=generator)
+    mask = (torch.arange(5) < torch.tensor([2, 5, 3, 4, 1, 2])[:, None]).long()
+    similarity, positives = torch.randn(batch, batch, generator=generator), torch.eye(batch, dtype=torch.bool)
+    rows = torch.tensor([4, 1])
+    negative_text, negative_image = sample_hard_negatives(similarity, positives, torch.Generator().manual_seed(7))
+    loss, stats = matching_loss(head, image, text, mask, similarity, positives, torch.Generator().manual_seed(7), rows)
+    assert stats["itm_negatives"] == 4.0
+    pairs_image = torch.cat([rows, rows, negative_image[rows]])
+    pairs_text = torch.cat([rows, negative_text[rows], rows])
+    logits = head(text[pairs_text], mask[pairs_text], image[pairs_image])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 1, 0, 0, 0, 0]))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
 def _toy_batch(text_codes, image_codes, batch, generator):
     """Each sample is a class; its text and image tokens are that class's random code plus noise."""
     classes = torch.randint(len(text_codes), (batch,), generator=generator)

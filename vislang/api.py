@@ -82,7 +82,7 @@ class VisLang:
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             image_tokens, _ = self.model.image_features(pixels)
             for ids in generate(self.model.decoder, image_tokens, max_length=max_length, num_beams=num_beams):
-                captions.append(self.tokenizer.decode(ids))
+                captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions
 
 

@@ -33,7 +33,10 @@ DEFAULTS: dict[str, Any] = {
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
         "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
         # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
-        "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40},
+        # vocab "captions": predict only the tokens of the training captions (their ids are filled
+        # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
+        "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
+                    "vocab": "captions", "token_ids": []},
         "init_temperature": 0.07,
     },
     "data": {
@@ -57,7 +60,11 @@ DEFAULTS: dict[str, Any] = {
         "link_weight": 0.0,  # weight of the room photo -> product photos loss (needs data.room_links)
         "matching_weight": 1.0,  # used when model.matching.enabled
         "caption_weight": 1.0,  # used when model.decoder.enabled
+        "matching_batch": 0,  # images (and texts) per step whose pairs the matching head scores (0: all)
         "caption_batch": 0,  # items per step the decoder is trained on (0: the whole batch)
+        # false: the matching and caption losses train only their heads, on the image tokens the
+        # contrastive objective shapes (a small budget cannot afford their pull on the tower)
+        "heads_train_towers": True,
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end

@@ -77,20 +77,23 @@ def matching_loss(
     similarity: torch.Tensor,
     positives: torch.Tensor,
     generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Binary cross-entropy of `head` on the B diagonal pairs (label 1) and the hard negatives (label 0).
+    """Binary cross-entropy of `head` on the diagonal pairs (label 1) and the hard negatives (label 0).
 
     image_tokens [B, N, Ci], text_tokens [B, L, Ct], text_mask [B, L]; similarity and positives as in
-    `sample_hard_negatives`. Rows without a negative are skipped. All pairs go through the head in
-    one call; the loss is the mean over pairs. The dict holds float statistics for logging.
+    `sample_hard_negatives`. `rows` (default: all) picks the images and texts whose positive pair
+    and negatives are scored; negatives are still drawn from the whole batch. Rows without a
+    negative are skipped. All pairs go through the head in one call; the loss is the mean over
+    pairs. The dict holds float statistics for logging.
     """
-    batch = image_tokens.shape[0]
-    if text_tokens.shape[0] != batch or similarity.shape[0] != batch:
+    if text_tokens.shape[0] != image_tokens.shape[0] or similarity.shape[0] != image_tokens.shape[0]:
         raise ValueError("image_tokens, text_tokens and similarity must share the batch size")
     negative_text, negative_image = sample_hard_negatives(similarity, positives, generator)
     device = image_tokens.device
-    negative_text, negative_image = negative_text.to(device), negative_image.to(device)
-    index = torch.arange(batch, device=device)
+    index = torch.arange(image_tokens.shape[0], device=device) if rows is None else rows.to(device)
+    negative_text, negative_image = negative_text.to(device)[index], negative_image.to(device)[index]
+    batch = index.shape[0]
     has_text, has_image = negative_text >= 0, negative_image >= 0
 
     image_index = torch.cat([index, index[has_text], negative_image[has_image]])
@@ -98,7 +101,8 @@ def matching_loss(
     labels = torch.zeros(image_index.shape[0], device=device)
     labels[:batch] = 1.0
 
-    logits = head(text_tokens[text_index], text_mask[text_index], image_tokens[image_index])
+    length = int(text_mask[text_index].sum(dim=1).max())  # the batch is padded for its longest text
+    logits = head(text_tokens[text_index, :length], text_mask[text_index, :length], image_tokens[image_index])
     loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
 
     with torch.no_grad():

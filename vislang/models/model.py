@@ -18,6 +18,7 @@ from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
 from .matching import MatchingHead
 from .text_tower import create_text_tower
+from .vocab import CaptionVocab
 
 
 def projection(width: int, embed_dim: int, kind: str) -> nn.Module:
@@ -40,14 +41,17 @@ class VisLangModel(nn.Module):
         self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
-        self.matching = self.decoder = None
+        self.matching = self.decoder = self.caption_vocab = None
         if cfg["matching"]["enabled"]:
             m = cfg["matching"]
             self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"], m["heads"])
         if cfg["decoder"]["enabled"]:
             d = cfg["decoder"]
+            token_ids = d["token_ids"] or list(range(special_ids["vocab_size"]))
+            self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
             self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
-                                          heads=d["heads"], max_length=d["max_length"], **special_ids)
+                                          heads=d["heads"], max_length=d["max_length"],
+                                          **self.caption_vocab.special_ids(special_ids))
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
@@ -61,6 +65,11 @@ class VisLangModel(nn.Module):
         if self.color is not None:
             pooled = torch.cat([pooled, self.color(pixels).to(pooled.dtype)], dim=-1)
         return tokens, F.normalize(self.image_proj(pooled), dim=-1)
+
+    def caption_loss(self, image_tokens: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids)."""
+        ids = self.caption_vocab.to_decoder(caption_ids[:, : self.decoder.max_length])
+        return self.decoder.loss(image_tokens, ids)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_features(pixels)[1]

@@ -33,6 +33,16 @@ class RunLogger:
             self._tb.close()
 
 
+class NullLogger:
+    """What ranks other than 0 log to under torchrun: nothing."""
+
+    def log(self, step: int, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         return []
