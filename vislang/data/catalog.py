@@ -200,8 +200,12 @@ def read_manifest(path: str | Path) -> Catalog:
 
 
 def read_catalog(location: str | Path) -> Catalog:
-    """Read a catalog folder (IKEA layout) or a manifest file, whichever `location` is."""
+    """Read a catalog folder (IKEA layout), a manifest file or a shard folder, whichever `location` is."""
+    from .shards import is_shard_folder, read_shards  # shards build on this module
+
     location = Path(location)
     if location.is_file():
         return read_manifest(location)
+    if is_shard_folder(location):
+        return read_shards(location)
     return read_ikea(location)

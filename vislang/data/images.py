@@ -5,11 +5,14 @@ that are missing, truncated or not images raise ImageLoadError so callers can sk
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .tar_members import read_member, split_member
 
 ImageLike = str | os.PathLike | Image.Image
 
@@ -41,7 +44,8 @@ def load_image(item: ImageLike, min_side: int | None = None) -> Image.Image:
         return to_rgb(item)
     path = Path(item)
     try:
-        with Image.open(path) as image:
+        member = split_member(path)
+        with Image.open(io.BytesIO(read_member(*member)) if member else path) as image:
             if min_side and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
             image.load()  # decode now so a truncated file fails here, not later

@@ -28,7 +28,7 @@ def _how_to_get(tried: list[str]) -> str:
 def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Return the data location to use, or raise DataNotFoundError with instructions.
 
-    The result may be a catalog folder or a manifest file (.jsonl/.csv).
+    The result may be a catalog folder, a shard folder (`vislang data prepare`) or a manifest file (.jsonl/.csv).
     """
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = []
@@ -44,7 +44,7 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
         path = path.expanduser()
         if path.is_file() and path.suffix.lower() in {".jsonl", ".csv"}:
             return path
-        if (path / "products.jsonl").is_file() or (path / "rooms.jsonl").is_file():
+        if (path / "products.jsonl").is_file() or (path / "rooms.jsonl").is_file() or (path / "manifest.json").is_file():
             return path
         tried.append(f"{path} ({source})")
     raise DataNotFoundError(_how_to_get(tried))

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .images import ImageLike, ImageLoadError, SkipCounter, load_image
+from .tar_members import signature
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -55,8 +56,7 @@ def to_pixels(items: Sequence[ImageLike], size: int) -> torch.Tensor:
 def _cache_key(paths: Sequence[Path], size: int) -> str:
     digest = hashlib.sha1(str(size).encode())
     for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(signature(path).encode())
     return digest.hexdigest()[:16]
 
 
