@@ -41,13 +41,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and the temperature (as in CLIP)."""
+def make_optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.98))
 
 
 TextCache = dict[str, tuple[torch.Tensor, torch.Tensor]]  # text -> (pooled [C], tokens [L, C])
@@ -146,6 +147,17 @@ def step_losses(
     return losses
 
 
+def optimizer_step(model: VisLangModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float,
+                   ranks: Ranks) -> torch.Tensor:
+    """Backward, average over ranks, clip, update; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ranks.average_gradients(model)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return grad_norm
+
+
 def train(config: dict[str, Any], data: str | None = None, output: str | Path = "runs/latest", resume: bool = False) -> Path:
     """Train a model as `config` says; returns the final checkpoint folder.
 
@@ -183,7 +195,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     model, tokenizer = create_model(config["model"], captions=[item.caption for item in items])
     config = {**config, "model": model.cfg}  # with the caption vocabulary, when the decoder built one
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, tcfg["weight_decay"]), lr=tcfg["lr"], betas=(0.9, 0.98))
+    optimizer = make_optimizer(model, tcfg)
     text_cache = None
     if model.text_frozen:
         all_texts = [t for it in items for t in it.texts]
@@ -242,11 +254,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                     losses = step_losses(model, tokenizer, pixels[local_rows].to(device, non_blocking=True), batch, text_cache,
                                          captions, caption_weight, tcfg, generator, ranks)
                     loss = sum(weights[name] * value for name, value in losses.items())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                ranks.average_gradients(model)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-                optimizer.step()
+                grad_norm = optimizer_step(model, optimizer, loss, tcfg["grad_clip"], ranks)
                 step += 1
                 bar.update(1)
                 samples_per_s = len(batch.items) / (time.time() - tick)

@@ -1,0 +1,238 @@
+"""Training throughput: vislang's step (contrastive only, and all three objectives) against
+open_clip_train's step on the same towers, batch and device, measured in one run.
+
+What is timed, for each contender, is whole optimiser steps on real IKEA training batches
+(`--data`, as vislang finds it), after `--warmup` untimed steps:
+- vislang: the training loop's own code (`augment` from the in-memory image bank, `step_losses`,
+  `optimizer_step`), with the recipe's model (`--config`, default ikea-cpu); "full" is the same
+  recipe with the matching head and the caption decoder switched on.
+- open_clip: `open_clip_train.train.train_one_epoch`, the function open_clip_train's main loop
+  calls, on an open_clip `CustomTextCLIP` with the same towers: the recipe's timm image tower at
+  its image size, and its Hugging Face text tower (MiniLM-L6, locked as with `--lock-text` when
+  the recipe freezes it), mean pooling and an MLP projection, ClipLoss, AdamW, gradient
+  clipping. Its batches are the same crops, already tensors: its data pipeline is not timed.
+The contenders run in turn, `--repeats` times, so a busy spell of the machine hits them all;
+each figure is the median over the repeats. FLOPs per sample (forward + backward) come from
+torch's FlopCounterMode on one step; MFU is reported on CUDA only (against the GPU's dense
+bf16 peak), as a CPU has no meaningful peak figure here.
+
+Usage:  python bench/train_throughput.py [--device cpu|cuda] [--steps 8] [--repeats 3] [--json] [key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the vislang of this checkout
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from openclip_baseline import machine  # noqa: E402
+from vislang.cli.main import config_path  # noqa: E402
+from vislang.config import load_config  # noqa: E402
+from vislang.data import find_data_dir, read_catalog  # noqa: E402
+from vislang.data.pairs import PairSampler  # noqa: E402
+from vislang.data.pixels import augment, build_image_bank  # noqa: E402
+from vislang.models import create_model  # noqa: E402
+from vislang.models.text_tower import resolve_text_source  # noqa: E402
+from vislang.train.distributed import Ranks  # noqa: E402
+from vislang.train.loop import (  # noqa: E402
+    CACHE_MARGIN, _inverse_caption_frequency, _text_feature_cache, make_optimizer, optimizer_step, step_losses)
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
+
+
+class Contender:
+    """Something that takes training steps: `run(n)` takes n steps; `flops_per_step` counts one."""
+
+    name: str
+
+    def run(self, steps: int) -> None: ...
+
+
+class VisLangSteps(Contender):
+    def __init__(self, name: str, config: dict[str, Any], items, bank, batches, device: torch.device) -> None:
+        self.name, self.config, self.bank, self.batches, self.device = name, config, bank, batches, device
+        self.model, self.tokenizer = create_model(config["model"], captions=[i.caption for i in items])
+        self.model.to(device).train()
+        self.optimizer = make_optimizer(self.model, config["train"])
+        texts = sorted({t for b in batches for t in b.texts})
+        self.cache = None
+        if self.model.text_frozen:
+            self.cache = _text_feature_cache(self.model, self.tokenizer, texts, device, keep_tokens=self.model.matching is not None)
+        self.captions = [i.caption for i in items]
+        self.caption_weight = _inverse_caption_frequency(items)
+        t = config["train"]
+        self.weights = {"loss_contrastive": 1.0, "loss_links": t["link_weight"], "loss_matching": t["matching_weight"],
+                        "loss_caption": t["caption_weight"]}
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+        self.position = 0
+
+    def run(self, steps: int) -> None:
+        cfg, aug = self.config, self.config["data"]["augment"]
+        for _ in range(steps):
+            batch = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            generator = torch.Generator().manual_seed(self.position)
+            pixels = augment(self.bank, batch.items, cfg["model"]["image"]["image_size"], aug["scale"], aug["flip"], generator)
+            with self.autocast:
+                losses = step_losses(self.model, self.tokenizer, pixels.to(self.device, non_blocking=True), batch, self.cache,
+                                     self.captions, self.caption_weight, cfg["train"], generator, Ranks(device=self.device))
+                loss = sum(self.weights[k] * v for k, v in losses.items())
+            optimizer_step(self.model, self.optimizer, loss, cfg["train"]["grad_clip"], Ranks(device=self.device))
+        _sync(self.device)
+
+
+class OpenClipSteps(Contender):
+    """open_clip_train's `train_one_epoch` over ready-made tensor batches."""
+
+    def __init__(self, config: dict[str, Any], crops: list[torch.Tensor], texts: list[list[str]], device: torch.device) -> None:
+        import open_clip
+        from open_clip_train.train import train_one_epoch
+
+        self.name, self.device, self.train_one_epoch = "open_clip", device, train_one_epoch
+        m = config["model"]
+        if m["image"]["kind"] != "timm" or m["text"]["kind"] != "hf":
+            raise SystemExit("this bench pairs a timm image tower with a Hugging Face text tower (the recipes' towers)")
+        text_source = resolve_text_source(m["text"]["name"])
+        self.model = open_clip.CustomTextCLIP(
+            embed_dim=m["embed_dim"],
+            vision_cfg={"timm_model_name": m["image"]["name"], "timm_model_pretrained": False, "timm_pool": "avg",
+                        "timm_proj": "mlp" if m["head"] == "mlp" else "linear", "image_size": m["image"]["image_size"]},
+            text_cfg={"hf_model_name": text_source, "hf_tokenizer_name": text_source, "hf_model_pretrained": True,
+                      "hf_proj_type": "mlp" if m["head"] == "mlp" else "linear", "hf_pooler_type": "mean_pooler",
+                      "context_length": m["text"]["max_length"]},
+            output_dict=True,  # as open_clip_train builds it
+        ).to(device)
+        if m["text"]["freeze"]:
+            self.model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        tokenizer = open_clip.tokenizer.HFTokenizer(text_source, context_length=m["text"]["max_length"])
+        self.batches = [(images, tokenizer(t)) for images, t in zip(crops, texts)]
+        t = config["train"]
+        self.loss = open_clip.ClipLoss()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.98), weight_decay=t["weight_decay"])
+        self.args = SimpleNamespace(device=str(device), precision="amp_bf16" if device.type == "cuda" else "fp32",
+                                    distill=False, accum_freq=1, skip_scheduler=True, horovod=False,
+                                    grad_clip_norm=t["grad_clip"], log_every_n_steps=10**9, batch_size=t["batch_size"],
+                                    world_size=1, rank=0, local_rank=0, wandb=False)
+        self.epoch = 0
+
+    def run(self, steps: int) -> None:
+        batches = [self.batches[(self.epoch * steps + i) % len(self.batches)] for i in range(steps)]
+        loader = SimpleNamespace(dataloader=_Loader(batches), set_epoch=lambda epoch: None)
+        self.train_one_epoch(self.model, {"train": loader}, self.loss, self.epoch, self.optimizer, None, None, None, self.args)
+        self.epoch += 1
+        _sync(self.device)
+
+
+class _Loader(list):
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(b[0]) for b in self)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(run_one: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run_one()
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="ikea-cpu", help="vislang recipe whose towers, batch and optimiser both sides use")
+    parser.add_argument("--data", help="catalog folder or shards (default: $VISLANG_DATA, then ../shared/data/ikea)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per contender per repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every contender, "
+                        "e.g. model.text.freeze=false to train the text tower on both sides")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    logging.getLogger().setLevel(logging.WARNING)
+
+    overrides = args.overrides + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
+    contrastive = load_config(config_path(args.config), overrides + ["model.matching.enabled=false", "model.decoder.enabled=false"])
+    full = load_config(config_path(args.config), overrides + ["model.matching.enabled=true", "model.decoder.enabled=true"])
+    catalog = read_catalog(find_data_dir(args.data))
+    items = catalog.select("train")
+    size = contrastive["model"]["image"]["image_size"]
+    bank, decoded = build_image_bank([i.image for i in items], round(size * CACHE_MARGIN), contrastive["data"]["cache_dir"])
+    items = [items[i] for i in decoded]
+    sampler = PairSampler(items, contrastive["data"], contrastive["train"]["batch_size"], contrastive["seed"])
+    batches = list(sampler.epoch(0))[: args.warmup + args.steps]
+    aug = contrastive["data"]["augment"]
+    crops = [augment(bank, b.items, size, aug["scale"], aug["flip"], torch.Generator().manual_seed(i)).to(device)
+             for i, b in enumerate(batches)]
+
+    torch.manual_seed(0)
+    contenders = [VisLangSteps("vislang_contrastive", contrastive, items, bank, batches, device),
+                  VisLangSteps("vislang_full", full, items, bank, batches, device),
+                  OpenClipSteps(contrastive, crops, [b.texts for b in batches], device)]
+    flops = {c.name: step_flops(lambda c=c: c.run(1)) / len(batches[0].items) for c in contenders}
+    for c in contenders:
+        c.run(args.warmup)
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for repeat in range(args.repeats):
+        for c in contenders:
+            start = time.perf_counter()
+            c.run(args.steps)
+            times[c.name].append((time.perf_counter() - start) / args.steps)
+            print(f"repeat {repeat + 1}/{args.repeats} {c.name}: {times[c.name][-1]:.3f} s/step", file=sys.stderr)
+
+    batch = len(batches[0].items)
+    step_s = {name: statistics.median(values) for name, values in times.items()}
+    result: dict[str, Any] = {
+        "machine": machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": device.type, "config": args.config, "overrides": args.overrides, "batch_size": batch, "steps": args.steps, "repeats": args.repeats,
+        "step_s": step_s, "step_s_all": times,
+        "vislang_contrastive_samples_per_s": batch / step_s["vislang_contrastive"],
+        "vislang_full_samples_per_s": batch / step_s["vislang_full"],
+        "openclip_samples_per_s": batch / step_s["open_clip"],
+        "ratio_contrastive": step_s["open_clip"] / step_s["vislang_contrastive"],
+        "full_over_contrastive_step": step_s["vislang_full"] / step_s["vislang_contrastive"],
+        "flops_per_sample": flops,
+    }
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        result["mfu"] = {n: (flops[n] * batch / step_s[n]) / peak for n in step_s} if peak else None
+    if not args.json:
+        for key in ("vislang_contrastive_samples_per_s", "vislang_full_samples_per_s", "openclip_samples_per_s",
+                    "ratio_contrastive", "full_over_contrastive_step"):
+            print(f"{key}: {result[key]:.3f}")
+    else:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
