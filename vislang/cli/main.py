@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,18 +36,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(config_path(args.config), args.overrides)
     final = train(config, data=args.data, output=args.output, resume=args.resume)
-    print(f"final checkpoint: {final}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"final checkpoint: {final}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..api import load
-    from ..data import find_data_dir, read_catalog
     from ..eval.report import evaluate_model, format_report
 
     model = load(args.checkpoint, device=args.device)
-    data = args.data or model.config["data"].get("path")
-    catalog = read_catalog(find_data_dir(data if args.data or _exists(data) else None))
+    catalog = _catalog_for(model, args.data)
     metrics = evaluate_model(model, catalog, args.split)
     if args.json:
         print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics}))
@@ -57,6 +57,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _exists(path: str | None) -> bool:
     return bool(path) and Path(path).exists()
+
+
+def _catalog_for(model, data: str | None):
+    """--data, else the catalog the model was trained on while it is still there, else the usual search."""
+    from ..data import find_data_dir, read_catalog
+
+    trained_on = model.config["data"].get("path")
+    return read_catalog(find_data_dir(data or (trained_on if _exists(trained_on) else None)))
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -86,6 +94,97 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
     dest = download_ikea(Path(args.to), seed=args.seed)
     print(f"IKEA catalog written to {dest}; use it with --data {dest} or VISLANG_DATA={dest}")
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from ..api import load
+    from ..search import Index
+    from ..search.index import check_writable
+
+    check_writable(Path(args.output), args.overwrite)  # before minutes of embedding, not after
+    model = load(args.checkpoint, device=args.device)
+    index = Index.build(model, _catalog_for(model, args.data), kinds=args.kinds, factory=args.factory,
+                        target_recall=args.target_recall, batch_size=args.batch_size)
+    index.save(args.output, overwrite=args.overwrite)
+    print(f"{args.output}: {index.summary()}")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from ..data.catalog import Item
+    from ..data.images import load_image
+
+    index = _open_index(args)
+    loose = []
+    for path in map(Path, args.images):
+        load_image(path)  # images named one by one must all be readable: stop at the first that is not
+        loose.append(Item(path.stem, args.kind, path, (path.stem,), "train"))
+    added = index.add(loose) if loose else 0
+    if args.data or not loose:
+        added += index.add(_catalog_for(index.model, args.data), kinds=args.kinds)
+    if added:
+        index.save(args.index, overwrite=True)
+    print(f"added {added} images; {args.index}: {index.summary()}")
+    return 0
+
+
+def _open_index(args: argparse.Namespace):
+    """The index of --index, with the model of --checkpoint or --device when given (checked to be
+    the index's own model), else its own checkpoint, loaded when first needed."""
+    from ..api import load
+    from ..search import Index
+
+    index = Index.load(args.index)
+    if args.checkpoint or args.device:
+        index.use_model(load(args.checkpoint or index.checkpoint, device=args.device))
+    return index
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    text = args.query if args.query or not args.image else None  # "" beside --image: a photo query
+    weight = {} if args.text_weight is None else {"text_weight": args.text_weight}
+    hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank, **weight)[0]
+    if args.json:
+        print(json.dumps({"query": text, "image": args.image, "kind": args.kind, "k": args.k, "rerank": args.rerank,
+                          "results": [hit.to_json() for hit in hits]}))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:3d}  {_hit_line(hit)}")
+    return 0
+
+
+def _hit_line(hit) -> str:
+    match = f"  match {hit.rerank_score:.3f}" if hit.rerank_score is not None else ""
+    details = ", ".join(str(v) for v in (hit.type, hit.color) if v and str(v) not in hit.title)  # a product title has both
+    return f"{hit.score:.4f}{match}  {hit.kind:<7}  {hit.id:<14}  {hit.title}" + (f" ({details})" if details else "") + f"  {hit.image}"
+
+
+def cmd_goes_with(args: argparse.Namespace) -> int:
+    index = _open_index(args)
+    result = index.goes_with(args.query, k=args.k, rooms=args.rooms)
+    if args.json:
+        print(json.dumps({"query": args.query, "products": [hit.to_json() for hit in result.products],
+                          "rooms": [{**hit.to_json(), "anchor": result.anchors[hit.id]} for hit in result.rooms]}))
+        return 0
+    print(f"rooms showing products like {args.query}:")
+    for hit in result.rooms:
+        print(f"     {hit.score:.4f}  {hit.id}  {hit.title}  (shows {result.anchors[hit.id]})")
+    print("goes with:")
+    for rank, hit in enumerate(result.products, 1):
+        print(f"{rank:3d}  {_hit_line(hit)}  rooms: {' '.join(hit.rooms)}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from ..data import find_data_dir, read_catalog
+    from ..data.shards import write_shards
+
+    catalog = read_catalog(find_data_dir(args.data))
+    output = write_shards(catalog, Path(args.output), max_side=args.max_side, shard_size=args.shard_size)
+    size = sum(p.stat().st_size for p in output.iterdir()) / 2**20
+    print(f"{len(catalog)} images written to {output} ({size:.1f} MiB); train on them with --data {output}")
     return 0
 
 
@@ -134,6 +233,59 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--to", required=True, help="folder to create")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
     d.set_defaults(func=cmd_data_download)
+    d = data_sub.add_parser("prepare", help="write a catalog as resized webdataset tar shards")
+    d.add_argument("--data", help="catalog folder or manifest (default: $VISLANG_DATA, then ../shared/data/ikea)")
+    d.add_argument("--output", required=True, help="shard folder to create")
+    d.add_argument("--max-side", type=int, default=384, help="longer image side in pixels (smaller images are kept as they are)")
+    d.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    d.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("index", help="build or extend a search index of a catalog's images")
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    b = index_sub.add_parser("build", help="embed every image and write a FAISS index folder")
+    b.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    b.add_argument("--data", help="catalog folder or manifest (default: the one the model was trained on, then the usual search)")
+    b.add_argument("--output", required=True, help="index folder to write")
+    b.add_argument("--kinds", help="comma-separated kinds to index, e.g. rooms,products (default: all)")
+    b.add_argument("--factory", default="auto",
+                   help="auto (exact when small, a tuned IVF when large), or a faiss factory string: Flat, IVF1024,Flat, HNSW32, ...")
+    b.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search that tuning aims at")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--overwrite", action="store_true", help="replace an index already in --output")
+    b.add_argument("--device", default=None, help="model device: cpu or cuda (default: cuda when available)")
+    b.set_defaults(func=cmd_index_build)
+    a = index_sub.add_parser("add", help="add new images (a catalog's new items, or image files) to an index")
+    a.add_argument("--index", required=True, help="index folder")
+    a.add_argument("images", nargs="*", metavar="IMAGE", help="image files to add (id: the file name without suffix)")
+    a.add_argument("--kind", default="product", help="kind of the IMAGE files (default: product)")
+    a.add_argument("--data", help="catalog whose items not yet in the index are added (default without IMAGEs: the model's)")
+    a.add_argument("--kinds", help="comma-separated kinds of catalog items to add (default: all)")
+    a.add_argument("--checkpoint", help="the index's checkpoint, if it moved (another checkpoint is refused)")
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_index_add)
+
+    p = sub.add_parser("search", help="search an index by text, by photo, or both")
+    p.add_argument("--index", required=True, help="index folder")
+    p.add_argument("query", nargs="?", help='text query, e.g. "a bright scandinavian kitchen"')
+    p.add_argument("--image", help="photo query; with a text query too: like this photo, changed as the text says")
+    p.add_argument("--k", type=int, default=10, help="results to show (default: 10)")
+    p.add_argument("--kind", help="search only this kind: room or product (default: all)")
+    p.add_argument("--rerank", type=int, metavar="N", help="re-score the top N with the matching head (text queries)")
+    p.add_argument("--text-weight", type=float, help="weight of the text in a photo+text query, 0 to 1 (default: the API's)")
+    p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("goes-with", help="products that go with a product: found in rooms with products like it")
+    p.add_argument("--index", required=True, help="index folder with rooms and products")
+    p.add_argument("query", metavar="PRODUCT_ID|IMAGE")
+    p.add_argument("--k", type=int, default=10, help="products to show (default: 10)")
+    p.add_argument("--rooms", type=int, default=10, help="rooms to draw them from (default: 10)")
+    p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_goes_with)
     return parser
 
 
@@ -145,10 +297,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.download import DownloadError, SourceLayoutError
     from ..data.images import ImageLoadError
     from ..data.locate import DataNotFoundError
+    from ..data.shards import ShardError
     from ..models.registry import PretrainedUnavailableError
+    from ..search.errors import SearchError
 
     return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
-            ImageLoadError, PretrainedUnavailableError, FileExistsError, FileNotFoundError)
+            ImageLoadError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

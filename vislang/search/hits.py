@@ -1,0 +1,53 @@
+"""What the index stores per vector (a record) and what a search returns (a Hit)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..data.catalog import Item
+
+Record = dict[str, Any]  # id, kind, image, title, type, color, links: plain JSON, one line per vector
+
+
+def record_of(item: Item) -> Record:
+    """The fields a result shows, from a catalog item. Products: title is the catalog caption
+    ("GRUNDTAL Wall shelf, Stainless steel"); rooms: the room title, and their category as type."""
+    meta = item.meta
+    return {
+        "id": item.id,
+        "kind": item.kind,
+        "image": str(Path(item.image).resolve()),  # absolute, so results are usable from any folder
+        "title": meta.get("title") or item.caption,
+        "type": meta.get("type") or meta.get("category") or None,
+        "color": meta.get("color") or None,
+        "links": list(item.links),
+    }
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    kind: str
+    score: float  # inner product of unit vectors (cosine), or a goes-with score
+    title: str
+    type: str | None
+    color: str | None
+    image: str
+    rerank_score: float | None = None  # P(match) from the matching head, when re-ranked
+    rooms: tuple[str, ...] = ()  # goes-with: the rooms in which this product appears
+
+    @classmethod
+    def from_record(cls, record: Record, score: float, **extra: Any) -> Hit:
+        fields = {name: record.get(name) for name in ("id", "kind", "title", "type", "color", "image")}
+        return cls(score=float(score), **fields, **extra)
+
+    def with_rerank(self, value: float) -> Hit:
+        return replace(self, rerank_score=float(value))
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["rooms"] = list(self.rooms)
+        if not self.rooms:
+            del out["rooms"]
+        return out
