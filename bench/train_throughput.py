@@ -47,7 +47,7 @@ from vislang.models import create_model  # noqa: E402
 from vislang.models.text_tower import resolve_text_source  # noqa: E402
 from vislang.train.distributed import Ranks  # noqa: E402
 from vislang.train.loop import (  # noqa: E402
-    CACHE_MARGIN, _inverse_caption_frequency, _text_feature_cache, make_optimizer, optimizer_step, step_losses)
+    CACHE_MARGIN, inverse_caption_frequency, loss_weights, make_optimizer, optimizer_step, step_losses, text_feature_cache)
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
 
@@ -69,12 +69,10 @@ class VisLangSteps(Contender):
         texts = sorted({t for b in batches for t in b.texts})
         self.cache = None
         if self.model.text_frozen:
-            self.cache = _text_feature_cache(self.model, self.tokenizer, texts, device, keep_tokens=self.model.matching is not None)
+            self.cache = text_feature_cache(self.model, self.tokenizer, texts, device, keep_tokens=self.model.matching is not None)
         self.captions = [i.caption for i in items]
-        self.caption_weight = _inverse_caption_frequency(items)
-        t = config["train"]
-        self.weights = {"loss_contrastive": 1.0, "loss_links": t["link_weight"], "loss_matching": t["matching_weight"],
-                        "loss_caption": t["caption_weight"]}
+        self.caption_weight = inverse_caption_frequency(items)
+        self.weights = loss_weights(config["train"])
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
         self.position = 0
 

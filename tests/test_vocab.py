@@ -3,7 +3,7 @@ import torch
 
 from vislang.data.catalog import Item
 from vislang.models.vocab import CaptionVocab, caption_token_ids
-from vislang.train.loop import _caption_rows, _inverse_caption_frequency
+from vislang.train.loop import caption_rows, inverse_caption_frequency
 
 SPECIAL = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2}
 
@@ -24,9 +24,9 @@ def test_vocab_maps_to_decoder_ids_and_back():
 def test_repeated_captions_share_one_vote():
     items = [Item(str(i), "product", None, ("No name Wall clock",), "train") for i in range(8)]
     items += [Item("sofa", "product", None, ("KIVIK Sofa, grey",), "train")]
-    weight = _inverse_caption_frequency(items)
+    weight = inverse_caption_frequency(items)
     assert torch.allclose(weight[:8], torch.full((8,), 1 / 8)) and weight[8] == 1.0
     generator = torch.Generator().manual_seed(0)
-    draws = [int(r) for _ in range(400) for r in _caption_rows(list(range(9)), weight, 1, generator)]
+    draws = [int(r) for _ in range(400) for r in caption_rows(list(range(9)), weight, 1, generator)]
     assert 0.4 < draws.count(8) / len(draws) < 0.6  # the single sofa is drawn as often as all clocks together
-    assert _caption_rows(list(range(9)), weight, 0, generator).tolist() == list(range(9))
+    assert caption_rows(list(range(9)), weight, 0, generator).tolist() == list(range(9))

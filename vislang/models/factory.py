@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
+from ..config import ConfigError
 from .model import VisLangModel
 from .text_tower import resolve_text_source
 from .tokenizer import Tokenizer, create_tokenizer
@@ -22,6 +23,8 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     source = resolve_text_source(text["name"]) if text["kind"] == "hf" else text["name"]
     tokenizer = create_tokenizer(text, source)
     decoder = model_cfg["decoder"]
+    if decoder["vocab"] not in ("captions", "tokenizer"):
+        raise ConfigError(f"model.decoder.vocab must be captions or tokenizer, not {decoder['vocab']!r}")
     if decoder["enabled"] and decoder["vocab"] == "captions" and not decoder["token_ids"]:
         if not captions:
             raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")

@@ -55,7 +55,7 @@ TextCache = dict[str, tuple[torch.Tensor, torch.Tensor]]  # text -> (pooled [C],
 
 
 @torch.inference_mode()
-def _text_feature_cache(model: VisLangModel, tokenizer, texts: list[str], device, keep_tokens: bool) -> TextCache:
+def text_feature_cache(model: VisLangModel, tokenizer, texts: list[str], device, keep_tokens: bool) -> TextCache:
     """A frozen text tower gives the same features every step: compute each text once."""
     unique = sorted(set(texts), key=len)  # similar lengths per batch: little padding
     cache: TextCache = {}
@@ -82,7 +82,7 @@ def _cached_text_batch(cache: TextCache, texts: list[str], device) -> tuple[torc
     return tokens, mask, pooled
 
 
-def _inverse_caption_frequency(items: list) -> torch.Tensor:
+def inverse_caption_frequency(items: list) -> torch.Tensor:
     """1 / (how many training items share the item's caption), per item.
 
     A hundred products named "No name Wall clock" would otherwise teach the decoder that one
@@ -94,11 +94,17 @@ def _inverse_caption_frequency(items: list) -> torch.Tensor:
     return torch.tensor([1.0 / counts[item.caption] for item in items])
 
 
-def _caption_rows(batch_items: list[int], weight: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+def caption_rows(batch_items: list[int], weight: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """Rows of the batch the decoder trains on this step: `count` (0: all), drawn by caption weight."""
     if not count or count >= len(batch_items):
         return torch.arange(len(batch_items))
     return torch.multinomial(weight[batch_items], count, replacement=False, generator=generator)
+
+
+def loss_weights(tcfg: dict[str, Any]) -> dict[str, float]:
+    """What each objective's loss is multiplied by in the sum that is minimised."""
+    return {"loss_contrastive": 1.0, "loss_links": tcfg["link_weight"], "loss_matching": tcfg["matching_weight"],
+            "loss_caption": tcfg["caption_weight"]}
 
 
 def step_losses(
@@ -141,7 +147,7 @@ def step_losses(
         losses["loss_matching"], _ = matching_loss(model.matching, image_tokens, text_tokens, text_mask,
                                                    similarity, positives, generator, rows[share])
     if model.decoder is not None:
-        rows = _caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share]
+        rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share]
         ids, _ = tokenizer([captions[batch.items[i]] for i in rows.tolist()])
         losses["loss_caption"] = model.caption_loss(image_tokens[rows.to(device)], ids.to(device))
     return losses
@@ -192,18 +198,17 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     local_rows = ranks.rows(sampler.batch_size)
 
     # Model, optimiser, and (for a frozen text tower) the text features of every training text.
-    model, tokenizer = create_model(config["model"], captions=[item.caption for item in items])
+    captions = [item.caption for item in items]
+    model, tokenizer = create_model(config["model"], captions=captions)
     config = {**config, "model": model.cfg}  # with the caption vocabulary, when the decoder built one
     model.to(device)
     optimizer = make_optimizer(model, tcfg)
     text_cache = None
     if model.text_frozen:
         all_texts = [t for it in items for t in it.texts]
-        text_cache = _text_feature_cache(model, tokenizer, all_texts, device, keep_tokens=model.matching is not None)
-    captions = [item.caption for item in items]
-    caption_weight = _inverse_caption_frequency(items)
-    weights = {"loss_contrastive": 1.0, "loss_links": tcfg["link_weight"], "loss_matching": tcfg["matching_weight"],
-               "loss_caption": tcfg["caption_weight"]}
+        text_cache = text_feature_cache(model, tokenizer, all_texts, device, keep_tokens=model.matching is not None)
+    caption_weight = inverse_caption_frequency(items)
+    weights = loss_weights(tcfg)
 
     step, elapsed_before = 0, 0.0
     if resume_from is not None:
