@@ -21,7 +21,7 @@ What it measures:
 
 Usage (from the repository root):
     python bench/search.py [--checkpoint runs/cpu-final] [--data DIR] [--sizes 10000,100000,1000000]
-        [--repeats 3] [--threads 1] [--json]
+        [--repeats 3] [--threads N] [--json]
 Every figure comes from this run; --json prints them as one JSON object on the last line.
 """
 from __future__ import annotations
@@ -265,7 +265,8 @@ def main() -> None:
     parser.add_argument("--data", help="catalog folder (default: VISLANG_DATA, then ../shared/data/ikea)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated collection sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; medians are reported")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the end-to-end queries")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads for the end-to-end queries (default: torch's, what `vislang search` uses)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object on the last line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
