@@ -119,15 +119,15 @@ def read_shards(folder: Path) -> Catalog:
             raise ShardError(f"{shard} is listed in {folder / MANIFEST} but missing; prepare the shards again")
         try:
             with tarfile.open(shard) as tar:
-                members = {m.name: m for m in tar if m.isfile()}
-                for member_name, member in members.items():
-                    key, _, extension = member_name.partition(".")
+                members = [m for m in tar if m.isfile()]
+                images = {m.name.partition(".")[0]: m.name for m in members if not m.name.endswith(".json")}
+                for member in members:
+                    key, _, extension = member.name.partition(".")
                     if extension != "json":
                         continue
                     record = json.loads(tar.extractfile(member).read())
-                    image = next(n for n in members if n.startswith(key + ".") and n != member_name)
-                    record.update(image=shard / image, texts=tuple(record["texts"]), links=tuple(record["links"]))
+                    record.update(image=shard / images[key], texts=tuple(record["texts"]), links=tuple(record["links"]))
                     items.append(Item(**record))
-        except (tarfile.TarError, json.JSONDecodeError, StopIteration, KeyError, TypeError) as err:
+        except (tarfile.TarError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise ShardError(f"{shard} is damaged ({type(err).__name__}: {err}); prepare the shards again") from err
     return Catalog(items, folder)
