@@ -66,6 +66,8 @@ def test_training_on_shards_gives_the_metrics_of_the_folder(tiny_catalog, shards
 def test_bad_shard_folders_are_one_line_and_exit_2(shards, tmp_path):
     result = run_cli("data", "prepare", "--data", str(shards), "--output", str(shards))
     assert result.returncode == 2 and "already exists" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("data", "prepare", "--data", str(shards), "--output", str(tmp_path / "new"), "--max-side", "8")
+    assert result.returncode == 2 and "--max-side" in result.stderr and "Traceback" not in result.stderr
     broken = tmp_path / "broken"
     shutil.copytree(shards, broken)
     (broken / "shard-000000.tar").unlink()

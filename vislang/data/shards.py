@@ -79,7 +79,7 @@ def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size
     if output.exists():
         raise FileExistsError(f"{output} already exists; choose a new --output folder")
     if max_side < 16 or shard_size < 1:
-        raise ValueError("--max-side must be at least 16 and --shard-size at least 1")
+        raise ShardError("--max-side must be at least 16 and --shard-size at least 1")
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     partial.mkdir(parents=True)
     skipped, taken, counts = SkipCounter(), set(), {}

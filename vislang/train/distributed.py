@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -33,7 +35,7 @@ class Ranks:
     def rows(self, batch_size: int) -> slice:
         """This rank's contiguous slice of a global batch (rank order is gather order)."""
         if batch_size % self.world:
-            raise ValueError(f"the global batch ({batch_size}) must divide evenly over {self.world} processes")
+            raise ConfigError(f"train.batch_size ({batch_size}) must divide evenly over {self.world} processes")
         share = batch_size // self.world
         return slice(self.rank * share, (self.rank + 1) * share)
 
