@@ -3,7 +3,7 @@ open_clip_train's step on the same towers, batch and device, measured in one run
 
 What is timed, for each contender, is whole optimiser steps on real IKEA training batches
 (`--data`, as vislang finds it), after `--warmup` untimed steps:
-- vislang: the training loop's own code (`augment` from the in-memory image bank, `step_losses`,
+- vislang: the training loop's own code (`augment` from the in-memory image bank, `forward_backward`,
   `optimizer_step`), with the recipe's model (`--config`, default ikea-cpu); "full" is the same
   recipe with the matching head and the caption decoder switched on.
 - open_clip: `open_clip_train.train.train_one_epoch`, the function open_clip_train's main loop
@@ -11,12 +11,19 @@ What is timed, for each contender, is whole optimiser steps on real IKEA trainin
   its image size, and its Hugging Face text tower (MiniLM-L6, locked as with `--lock-text` when
   the recipe freezes it), mean pooling and an MLP projection, ClipLoss, AdamW, gradient
   clipping. Its batches are the same crops, already tensors: its data pipeline is not timed.
+- vislang_contrastive_ready_tensors: vislang's contrastive step fed those same ready crops, so
+  `data_pipeline_overhead` (bank-fed step / tensor-fed step - 1) is what vislang's data
+  pipeline adds to a step.
 The contenders run in turn, `--repeats` times, so a busy spell of the machine hits them all;
 each figure is the median over the repeats. FLOPs per sample (forward + backward) come from
 torch's FlopCounterMode on one step; MFU is reported on CUDA only (against the GPU's dense
 bf16 peak), as a CPU has no meaningful peak figure here.
 
-Usage:  python bench/train_throughput.py [--device cpu|cuda] [--steps 8] [--repeats 3] [--json] [key=value ...]
+`--variant` adds vislang contrastive contenders with some switches changed (speed options are
+measured against the plain contrastive step of the same run).
+
+Usage:  python bench/train_throughput.py [--device cpu|cuda] [--steps 8] [--repeats 3] [--variant k=v[,k=v]]... [--json]
+        [key=value ...]
 """
 from __future__ import annotations
 
@@ -46,8 +53,9 @@ from vislang.data.pixels import augment, build_image_bank  # noqa: E402
 from vislang.models import create_model  # noqa: E402
 from vislang.models.text_tower import resolve_text_source  # noqa: E402
 from vislang.train.distributed import Ranks  # noqa: E402
-from vislang.train.loop import (  # noqa: E402
-    CACHE_MARGIN, inverse_caption_frequency, loss_weights, make_optimizer, optimizer_step, step_losses, text_feature_cache)
+from vislang.train.loop import CACHE_MARGIN  # noqa: E402
+from vislang.train.step import (  # noqa: E402
+    forward_backward, inverse_caption_frequency, make_optimizer, optimizer_step, speed_up, text_feature_cache)
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
 
@@ -61,10 +69,15 @@ class Contender:
 
 
 class VisLangSteps(Contender):
-    def __init__(self, name: str, config: dict[str, Any], items, bank, batches, device: torch.device) -> None:
+    """The training loop's step; with `ready` crops (tensors already on the device) instead of the bank's."""
+
+    def __init__(self, name: str, config: dict[str, Any], items, bank, batches, device: torch.device,
+                 ready: list[torch.Tensor] | None = None) -> None:
         self.name, self.config, self.bank, self.batches, self.device = name, config, bank, batches, device
+        self.ready = ready
         self.model, self.tokenizer = create_model(config["model"], captions=[i.caption for i in items])
         self.model.to(device).train()
+        self.memory_format = speed_up(self.model, config["train"])
         self.optimizer = make_optimizer(self.model, config["train"])
         texts = sorted({t for b in batches for t in b.texts})
         self.cache = None
@@ -72,7 +85,6 @@ class VisLangSteps(Contender):
             self.cache = text_feature_cache(self.model, self.tokenizer, texts, device, keep_tokens=self.model.matching is not None)
         self.captions = [i.caption for i in items]
         self.caption_weight = inverse_caption_frequency(items)
-        self.weights = loss_weights(config["train"])
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
         self.position = 0
 
@@ -82,12 +94,14 @@ class VisLangSteps(Contender):
             batch = self.batches[self.position % len(self.batches)]
             self.position += 1
             generator = torch.Generator().manual_seed(self.position)
-            pixels = augment(self.bank, batch.items, cfg["model"]["image"]["image_size"], aug["scale"], aug["flip"], generator)
-            with self.autocast:
-                losses = step_losses(self.model, self.tokenizer, pixels.to(self.device, non_blocking=True), batch, self.cache,
-                                     self.captions, self.caption_weight, cfg["train"], generator, Ranks(device=self.device))
-                loss = sum(self.weights[k] * v for k, v in losses.items())
-            optimizer_step(self.model, self.optimizer, loss, cfg["train"]["grad_clip"], Ranks(device=self.device))
+            if self.ready is not None:
+                pixels = self.ready[(self.position - 1) % len(self.ready)]
+            else:
+                pixels = augment(self.bank, batch.items, cfg["model"]["image"]["image_size"], aug["scale"], aug["flip"], generator)
+            pixels = pixels.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            forward_backward(self.model, self.tokenizer, pixels, batch, self.cache, self.captions, self.caption_weight,
+                             cfg["train"], generator, Ranks(device=self.device), self.autocast)
+            optimizer_step(self.model, self.optimizer, cfg["train"]["grad_clip"], Ranks(device=self.device))
         _sync(self.device)
 
 
@@ -161,6 +175,16 @@ def step_flops(run_one: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
+def training_batches(config: dict[str, Any], data: str | None, count: int) -> tuple[list, torch.Tensor, list]:
+    """The training items, their image bank, and the first `count` batches of the recipe's sampler."""
+    items = read_catalog(find_data_dir(data)).select("train")
+    size = config["model"]["image"]["image_size"]
+    bank, decoded = build_image_bank([i.image for i in items], round(size * CACHE_MARGIN), config["data"]["cache_dir"])
+    items = [items[i] for i in decoded]
+    sampler = PairSampler(items, config["data"], config["train"]["batch_size"], config["seed"])
+    return items, bank, list(sampler.epoch(0))[:count]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="ikea-cpu", help="vislang recipe whose towers, batch and optimiser both sides use")
@@ -171,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, help="default: the recipe's")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--variant", action="append", default=[], metavar="key=value[,key=value]",
+                        help="also time vislang contrastive with these overrides (repeatable), e.g. train.compile=true")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every contender, "
                         "e.g. model.text.freeze=false to train the text tower on both sides")
     args = parser.parse_args(argv)
@@ -180,22 +206,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = args.overrides + ([f"train.batch_size={args.batch_size}"] if args.batch_size else [])
     contrastive = load_config(config_path(args.config), overrides + ["model.matching.enabled=false", "model.decoder.enabled=false"])
     full = load_config(config_path(args.config), overrides + ["model.matching.enabled=true", "model.decoder.enabled=true"])
-    catalog = read_catalog(find_data_dir(args.data))
-    items = catalog.select("train")
-    size = contrastive["model"]["image"]["image_size"]
-    bank, decoded = build_image_bank([i.image for i in items], round(size * CACHE_MARGIN), contrastive["data"]["cache_dir"])
-    items = [items[i] for i in decoded]
-    sampler = PairSampler(items, contrastive["data"], contrastive["train"]["batch_size"], contrastive["seed"])
-    batches = list(sampler.epoch(0))[: args.warmup + args.steps]
-    aug = contrastive["data"]["augment"]
+    items, bank, batches = training_batches(contrastive, args.data, args.warmup + args.steps)
+    size, aug = contrastive["model"]["image"]["image_size"], contrastive["data"]["augment"]
     crops = [augment(bank, b.items, size, aug["scale"], aug["flip"], torch.Generator().manual_seed(i)).to(device)
              for i, b in enumerate(batches)]
 
     torch.manual_seed(0)
     contenders = [VisLangSteps("vislang_contrastive", contrastive, items, bank, batches, device),
                   VisLangSteps("vislang_full", full, items, bank, batches, device),
-                  OpenClipSteps(contrastive, crops, [b.texts for b in batches], device)]
-    flops = {c.name: step_flops(lambda c=c: c.run(1)) / len(batches[0].items) for c in contenders}
+                  OpenClipSteps(contrastive, crops, [b.texts for b in batches], device),
+                  VisLangSteps("vislang_contrastive_ready_tensors", contrastive, items, bank, batches, device, ready=crops)]
+    for variant in args.variant:
+        changed = load_config(config_path(args.config), overrides + ["model.matching.enabled=false",
+                              "model.decoder.enabled=false", *variant.split(",")])
+        contenders.append(VisLangSteps(variant, changed, items, bank, batches, device))
+    flops = {c.name: step_flops(lambda c=c: c.run(1)) / len(batches[0].items) for c in contenders[:3]}
     for c in contenders:
         c.run(args.warmup)
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
@@ -218,6 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_contrastive": step_s["open_clip"] / step_s["vislang_contrastive"],
         "full_over_contrastive_step": step_s["vislang_full"] / step_s["vislang_contrastive"],
         "flops_per_sample": flops,
+        # the step fed from the image bank (crops made each step) over the step fed ready tensors:
+        # what the data pipeline adds
+        "data_pipeline_overhead": step_s["vislang_contrastive"] / step_s["vislang_contrastive_ready_tensors"] - 1,
+        # each variant's samples/s, and its speed relative to the contrastive step without it
+        "variants": {v: {"samples_per_s": batch / step_s[v], "speedup": step_s["vislang_contrastive"] / step_s[v]}
+                     for v in args.variant},
     }
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -225,8 +256,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["mfu"] = {n: (flops[n] * batch / step_s[n]) / peak for n in step_s} if peak else None
     if not args.json:
         for key in ("vislang_contrastive_samples_per_s", "vislang_full_samples_per_s", "openclip_samples_per_s",
-                    "ratio_contrastive", "full_over_contrastive_step"):
+                    "ratio_contrastive", "full_over_contrastive_step", "data_pipeline_overhead"):
             print(f"{key}: {result[key]:.3f}")
+        for variant, figures in result["variants"].items():
+            print(f"{variant}: {figures['samples_per_s']:.1f} samples/s, {figures['speedup']:.3f}x the contrastive step")
     else:
         print(json.dumps(result))
     return result

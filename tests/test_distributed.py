@@ -32,9 +32,12 @@ def _run(launcher: list[str], catalog: Path, out: Path, *extra: str, steps: int 
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups on Linux/macOS")
-def test_two_processes_match_one(tiny_catalog, tmp_path):
-    single = _run([sys.executable], tiny_catalog, tmp_path / "one")
-    double = _run(TORCHRUN, tiny_catalog, tmp_path / "two")
+@pytest.mark.parametrize("two_extra", [[], ["train.accum_steps=2"]], ids=["whole", "accumulated"])
+def test_two_processes_match_one(tiny_catalog, tmp_path, two_extra):
+    """Also with each process's rows run as 2 micro-batches: the same losses and gradient."""
+    heads = "train.heads_train_towers=false" if two_extra else "train.heads_train_towers=true"
+    single = _run([sys.executable], tiny_catalog, tmp_path / "one", heads)
+    double = _run(TORCHRUN, tiny_catalog, tmp_path / "two", heads, *two_extra)
     assert len(single) == len(double) == STEPS
     for one, two in zip(single, double):
         # same global batch, same negatives, gradients averaged to the single-process ones (grad_norm

@@ -68,6 +68,12 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end
+        # Memory and speed switches (docs/BENCHMARKS.md has what each measured):
+        "accum_steps": 1,  # run each batch in this many micro-batches (less memory; same gradient)
+        "grad_checkpointing": False,  # recompute tower activations in the backward pass (less memory)
+        "fused_optimizer": True,  # AdamW in one fused kernel
+        "channels_last": False,  # NHWC image tower
+        "compile": False,  # torch.compile the image tower
         "threads": None,
         "device": None,  # default: cuda when available
     },

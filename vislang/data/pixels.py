@@ -1,7 +1,7 @@
-"""Pixels for the image tower: square crops, an in-memory bank of decoded images, augmentation.
+"""Pixels for the image tower: square crops, a bank of decoded images, augmentation.
 
 Decoding JPEGs dominates a CPU epoch, so training decodes each image once into a uint8 bank
-(cached on disk between runs) and augments crops of it in memory.
+(cached on disk between runs, split by shard across torchrun ranks) and augments crops of it.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from .tar_members import signature
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+GROUP_SIZE = 256  # plain files per decode group (a shard is one group whatever its size)
+CHUNK = 32  # images per task of a rank's decode workers; a task never spans two groups
 
 
 def square(image: Image.Image, size: int) -> np.ndarray:
@@ -34,8 +36,7 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def _decode(args: tuple[ImageLike, int]) -> np.ndarray | str:
-    item, size = args
+def _decode(item: ImageLike, size: int) -> np.ndarray | str:
     try:
         return square(load_image(item, min_side=size), size)
     except ImageLoadError as err:
@@ -64,40 +65,142 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VISLANG_CACHE", Path.home() / ".cache" / "vislang"))
 
 
+def decode_groups(paths: Sequence[Path]) -> list[list[int]]:
+    """Indices of `paths` in the units that ranks share out.
+
+    One group per shard, so that a shard's tar is indexed and read by one rank only; plain files
+    in contiguous runs of GROUP_SIZE, as they have nothing to keep together and only the ranks'
+    work to even out.
+    """
+    groups: list[list[int]] = []
+    shards: dict[Path, list[int]] = {}
+    plain: list[int] = []
+    for index, path in enumerate(paths):
+        shard = Path(path).parent
+        if shard.suffix == ".tar":
+            if shard not in shards:
+                shards[shard] = []
+                groups.append(shards[shard])
+            shards[shard].append(index)
+        else:
+            if not plain or len(plain) == GROUP_SIZE:
+                plain = []
+                groups.append(plain)
+            plain.append(index)
+    return groups
+
+
+def _decode_chunk(args: tuple[list[Path], int]) -> list[np.ndarray | str]:
+    paths, size = args
+    return [_decode(path, size) for path in paths]
+
+
+def _decode_part(paths: Sequence[Path], size: int, groups: list[list[int]], piece: Path, workers: int,
+                 progress: bool) -> None:
+    """Decode one rank's groups into its piece file: the pixels that decoded, their indices, and
+    the errors of the others (rank 0 counts them for every rank)."""
+    chunks = [group[start : start + CHUNK] for group in groups for start in range(0, len(group), CHUNK)]
+    pixels = np.empty((sum(map(len, chunks)), 3, size, size), np.uint8)
+    ok, failed, errors = [], [], []
+    jobs = [([paths[i] for i in chunk], size) for chunk in chunks]
+    with ProcessPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(pixels), desc="decoding images", unit="img", disable=not progress) as bar:
+        for chunk, results in zip(chunks, pool.map(_decode_chunk, jobs)):
+            for index, result in zip(chunk, results):
+                if isinstance(result, str):
+                    failed.append(index)
+                    errors.append(result)
+                else:
+                    pixels[len(ok)] = result.transpose(2, 0, 1)
+                    ok.append(index)
+            bar.update(len(chunk))
+    tmp = piece.with_name(f"{piece.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, indices=np.asarray(ok, np.int64), pixels=pixels[: len(ok)],
+                 failed=np.asarray(failed, np.int64), errors=np.asarray(errors, dtype=str))
+    os.replace(tmp, piece)
+
+
+def _assemble(pieces: list[Path], size: int, bank_file: Path, index_file: Path) -> None:
+    """The pieces, back in the paths' order, as the bank and index files, filled through a memory
+    map so that rank 0 holds one piece at a time, not the bank; warns once for every rank's skips."""
+    decoded, failed, errors = [], [], []
+    for piece in pieces:
+        with np.load(piece) as part:
+            decoded.append(part["indices"])
+            failed.extend(part["failed"].tolist())
+            errors.extend(part["errors"].tolist())
+    skipped = SkipCounter()
+    for _, error in sorted(zip(failed, errors)):
+        skipped.add(ImageLoadError(error))
+    skipped.warn()
+    order = np.sort(np.concatenate(decoded))
+    if not len(order):
+        return
+    tmp = bank_file.with_suffix(f".tmp{os.getpid()}.npy")
+    bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(order), 3, size, size))
+    for piece, indices in zip(pieces, decoded):
+        with np.load(piece) as part:
+            bank[np.searchsorted(order, indices)] = part["pixels"]
+    bank.flush()
+    del bank
+    os.replace(tmp, bank_file)
+    tmp = index_file.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, order)
+    os.replace(tmp, index_file)
+
+
 def build_image_bank(
-    paths: Sequence[Path], size: int, cache_dir: Path | None = None, workers: int = 2
+    paths: Sequence[Path],
+    size: int,
+    cache_dir: Path | None = None,
+    workers: int = 2,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Decode every path once into uint8 [N_ok, 3, size, size]; returns it and the indices that decoded.
 
     Unreadable files are skipped with one counted warning. The bank is cached under `cache_dir`
-    keyed by the files' paths, sizes and mtimes.
+    keyed by the files' paths, sizes and mtimes. Under torchrun (`rank` of `world`, `barrier`
+    from the process group) the ranks share the decoding: each decodes only the groups `g` of
+    `decode_groups` with `g % world == rank` into a piece file, and rank 0 joins the pieces into
+    the bank one process would have written, byte for byte. Every rank gets the whole bank (the
+    sampler draws the global batch from all of it) as a copy-on-write memory map of the cache
+    file: the ranks of a machine share its pages, and RAM no longer bounds its size.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = _cache_key(paths, size)
     bank_file, index_file = cache_dir / f"bank-{key}.npy", cache_dir / f"bank-{key}.idx.npy"
-    if bank_file.exists() and index_file.exists():
-        return torch.from_numpy(np.load(bank_file)), np.load(index_file).tolist()
-    jobs = [(path, size) for path in paths]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(_decode, jobs, chunksize=16), total=len(jobs), desc="decoding images", unit="img"))
-    skipped = SkipCounter()
-    arrays, ok = [], []
-    for index, result in enumerate(results):
-        if isinstance(result, str):
-            skipped.add(ImageLoadError(result))
-        else:
-            arrays.append(result)
-            ok.append(index)
-    skipped.warn()
-    if not arrays:
+    pieces = [cache_dir / f"bank-{key}.piece{r}of{world}.npz" for r in range(world)]
+
+    def cached() -> bool:
+        return bank_file.exists() and index_file.exists()
+
+    # Every rank passes both barriers even when the bank is cached, so that ranks which see the
+    # cache and ranks which do not (another run writing it meanwhile) still meet.
+    if not cached():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _decode_part(paths, size, decode_groups(paths)[rank::world], pieces[rank], workers, progress=rank == 0)
+    barrier()
+    if rank == 0:
+        try:
+            if not cached():
+                _assemble(pieces, size, bank_file, index_file)
+        except FileNotFoundError as err:
+            # a run building the same bank at the same time may have written it, then removed its
+            # pieces, which are ours too (same names, same bytes)
+            if not cached():
+                raise FileNotFoundError(f"{err.filename}: a rank's piece of the image bank is missing; every "
+                                        "rank must see the same cache folder (across machines: a shared one)") from err
+        finally:
+            for piece in pieces:
+                piece.unlink(missing_ok=True)
+    barrier()
+    if not cached():
         raise ImageLoadError("none of the training images could be read")
-    bank = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for target, array in ((bank_file, bank), (index_file, np.asarray(ok, dtype=np.int64))):
-        tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, target)
-    return torch.from_numpy(bank), ok
+    return torch.from_numpy(np.load(bank_file, mmap_mode="c")), np.load(index_file).tolist()
 
 
 def augment(

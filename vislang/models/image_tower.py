@@ -33,6 +33,9 @@ class TimmImageTower(nn.Module):
         self.width = self.token_width = self.body.num_features
         self.prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body.forward_features(pixels)
         if features.ndim == 4:  # CNN: [B, C, H, W] -> tokens [B, H*W, C]
@@ -60,6 +63,9 @@ class OpenClipImageTower(nn.Module):
         self.body.output_tokens = True
         self.width = self.body.output_dim
         self.token_width = self.body.transformer.width
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.body(pixels)

@@ -59,6 +59,12 @@ class VisLangModel(nn.Module):
     def text_frozen(self) -> bool:
         return bool(self.cfg["text"]["freeze"])
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the towers' activations in the backward pass: less memory for more compute."""
+        self.image_tower.set_grad_checkpointing(enable)
+        if not self.text_frozen:
+            self.text_tower.set_grad_checkpointing(enable)
+
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image tokens [B, N, C] for the matching head and decoder, embedding [B, D] for contrast)."""
         tokens, pooled = self.image_tower(pixels)

@@ -56,6 +56,12 @@ class HFTextTower(nn.Module):
     def save_architecture(self, folder: Path) -> None:
         self.body.config.save_pretrained(folder)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            self.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.body.gradient_checkpointing_disable()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
@@ -89,6 +95,9 @@ class OpenClipTextTower(nn.Module):
 
     def save_architecture(self, folder: Path) -> None:
         """Nothing to write: the architecture is the open_clip config name, kept in the run config."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.body(input_ids)
