@@ -4,8 +4,9 @@ Each variant (gradient accumulation in micro-batches, activation checkpointing, 
 fresh process, which takes `--steps` training steps of the recipe on real IKEA batches (the
 code of `bench/train_throughput.py`, which is the training loop's) and reports:
 - on CUDA, `torch.cuda.max_memory_allocated` during the steps, above what was allocated before;
-- on a CPU, the peak resident set size during the steps (sampled every millisecond from
-  /proc/self/statm) above the resident size just before them: what the step itself adds.
+- on a CPU (Linux, glibc), the peak of the bytes malloc has handed out during the steps (glibc's
+  mallinfo2, sampled every millisecond), above what was in use before them. The resident set
+  size would not do: glibc keeps freed memory, so it only ever grows.
 Step time is reported beside it: the memory switches trade time for memory.
 
 Usage:  python bench/train_memory.py [--device cpu|cuda] [--steps 3] [--variant k=v[,k=v]]... [--json] [key=value ...]
@@ -13,6 +14,8 @@ Usage:  python bench/train_memory.py [--device cpu|cuda] [--steps 3] [--variant 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -35,20 +38,30 @@ from vislang.config import load_config  # noqa: E402
 
 DEFAULT_VARIANTS = ["train.accum_steps=2", "train.accum_steps=4", "train.grad_checkpointing=true",
                     "train.accum_steps=4,train.grad_checkpointing=true"]
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MIB = 2**20
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * PAGE
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-class PeakRss:
-    """The highest resident set size seen while the block runs, sampled on a thread."""
+def _in_use() -> int:
+    """Bytes malloc has handed out and not had back (heap + mmapped blocks): unlike the resident
+    size, it falls when tensors are freed, so its peak is the step's own."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
 
-    def __enter__(self) -> "PeakRss":
-        self.start = self.peak = _rss()
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+class PeakMemory:
+    """The most memory in use while the block runs, sampled every millisecond on a thread."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.start = self.peak = _in_use()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -56,12 +69,12 @@ class PeakRss:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, _in_use())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self.peak = max(self.peak, _in_use())
 
 
 def measure(config_name: str, data: str | None, device: torch.device, steps: int, overrides: list[str]) -> dict[str, float]:
@@ -79,11 +92,11 @@ def measure(config_name: str, data: str | None, device: torch.device, steps: int
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        with PeakRss() as rss:
+        with PeakMemory() as memory:
             start = time.perf_counter()
             contender.run(steps)
             seconds = time.perf_counter() - start
-        peak = rss.peak - rss.start
+        peak = memory.peak - memory.start
     return {"peak_mib": peak / MIB, "step_s": seconds / steps}
 
 

@@ -14,7 +14,8 @@ What is timed, for each contender, is whole optimiser steps on real IKEA trainin
 - vislang_contrastive_ready_tensors: vislang's contrastive step fed those same ready crops, so
   `data_pipeline_overhead` (bank-fed step / tensor-fed step - 1) is what vislang's data
   pipeline adds to a step.
-The contenders run in turn, `--repeats` times, so a busy spell of the machine hits them all;
+The contenders run in turn, `--repeats` times, each repeat starting one contender later, so a
+busy spell of the machine (or a slow first place) hits them all;
 each figure is the median over the repeats. FLOPs per sample (forward + backward) come from
 torch's FlopCounterMode on one step; MFU is reported on CUDA only (against the GPU's dense
 bf16 peak), as a CPU has no meaningful peak figure here.
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         c.run(args.warmup)
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for repeat in range(args.repeats):
-        for c in contenders:
+        shift = repeat % len(contenders)  # each repeat starts with another contender: no one always goes first
+        for c in contenders[shift:] + contenders[:shift]:
             start = time.perf_counter()
             c.run(args.steps)
             times[c.name].append((time.perf_counter() - start) / args.steps)

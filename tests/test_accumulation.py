@@ -69,7 +69,10 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(setup, accum_st
 def test_gradient_checkpointing_and_channels_last_give_the_same_gradient(setup):
     whole = _gradients(setup)
     _assert_same(whole, _gradients(setup, grad_checkpointing=True))
-    _assert_same(whole, _gradients(setup, channels_last=True), rtol=1e-3, atol=1e-5)
+    nhwc = _gradients(setup, channels_last=True)
+    _assert_same(_gradients(setup, channels_last=False), nhwc, rtol=1e-3, atol=1e-5)
+    conv = next(p for p in nhwc[2].image_tower.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_fused_optimizer_takes_the_same_step(setup):

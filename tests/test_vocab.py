@@ -3,7 +3,7 @@ import torch
 
 from vislang.data.catalog import Item
 from vislang.models.vocab import CaptionVocab, caption_token_ids
-from vislang.train.loop import caption_rows, inverse_caption_frequency
+from vislang.train.step import caption_rows, inverse_caption_frequency
 
 SPECIAL = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2}
 

@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "accum_steps": 1,  # run each batch in this many micro-batches (less memory; same gradient)
         "grad_checkpointing": False,  # recompute tower activations in the backward pass (less memory)
         "fused_optimizer": True,  # AdamW in one fused kernel
-        "channels_last": False,  # NHWC image tower
+        "channels_last": True,  # NHWC image tower and pixels
         "compile": False,  # torch.compile the image tower
         "threads": None,
         "device": None,  # default: cuda when available
