@@ -118,7 +118,7 @@ def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: lis
     return Features(image_tokens, image_emb.float(), text_tokens, text_mask, model.project_text(text_pooled).float())
 
 
-def contrastive_losses(model: VisLangModel, image_emb: torch.Tensor, text_emb: torch.Tensor, batch, tcfg: dict[str, Any],
+def contrastive_losses(image_emb: torch.Tensor, text_emb: torch.Tensor, batch, tcfg: dict[str, Any],
                        logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """The contrastive loss (and the room -> product photo loss) over the whole global batch."""
     positives = batch.positives.to(image_emb.device)
@@ -183,7 +183,7 @@ def forward_backward(
         with autocast:
             features = encode_rows(model, tokenizer, pixels, texts, text_cache)
             image_emb, text_emb = ranks.gather(features.image_emb, features.text_emb)
-            losses = contrastive_losses(model, image_emb, text_emb, batch, tcfg, model.logit_scale)
+            losses = contrastive_losses(image_emb, text_emb, batch, tcfg, model.logit_scale)
             losses.update(head_losses(model, tokenizer, features, image_emb, text_emb, batch, captions, caption_weight,
                                       tcfg, generator, ranks))
         backward(losses)
@@ -205,7 +205,7 @@ def forward_backward(
                                                torch.cat([fresh.text_emb if i == j else c.text_emb for i, c in enumerate(cached)]))
             # every micro-batch sees the full loss; its temperature gradient must count once
             scale = model.logit_scale if j == 0 else model.logit_scale.detach()
-            losses = contrastive_losses(model, image_emb, text_emb, batch, tcfg, scale)
+            losses = contrastive_losses(image_emb, text_emb, batch, tcfg, scale)
             if j == micro - 1:
                 losses.update(head_losses(model, tokenizer, Features.cat(cached, text_length), image_emb.detach(),
                                           text_emb.detach(), batch, captions, caption_weight, tcfg, generator, ranks))
