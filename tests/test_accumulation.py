@@ -90,3 +90,5 @@ def test_accumulation_refuses_what_it_cannot_do(setup):
         _gradients(setup, accum_steps=2, heads_train_towers=True)
     with pytest.raises(ConfigError, match="must divide"):
         _gradients(setup, accum_steps=3)
+    with pytest.raises(ConfigError, match="whole number"):
+        _gradients(setup, accum_steps=0)

@@ -29,8 +29,8 @@ from . import distributed
 from .distributed import Ranks
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
-from .step import (forward_backward, inverse_caption_frequency, loss_weights, make_optimizer, optimizer_step, speed_up,
-                   text_feature_cache)
+from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
+                   optimizer_step, speed_up, text_feature_cache)
 
 CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
 
@@ -76,6 +76,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     captions = [item.caption for item in items]
     model, tokenizer = create_model(config["model"], captions=captions)
     config = {**config, "model": model.cfg}  # with the caption vocabulary, when the decoder built one
+    check_accumulation(model, tcfg, local_rows.stop - local_rows.start)
     model.to(device)
     memory_format = speed_up(model, tcfg)
     optimizer = make_optimizer(model, tcfg)

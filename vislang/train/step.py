@@ -160,6 +160,20 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
     return losses
 
 
+def check_accumulation(model: VisLangModel, tcfg: dict[str, Any], rows: int) -> None:
+    """Refuse the `train.accum_steps` that cannot work, before a run spends anything on it.
+
+    `rows` is how many rows of each batch this process runs.
+    """
+    micro = tcfg["accum_steps"]
+    if not isinstance(micro, int) or micro < 1:
+        raise ConfigError(f"train.accum_steps must be a whole number >= 1, got {micro!r}")
+    if micro > 1 and tcfg["heads_train_towers"] and (model.matching is not None or model.decoder is not None):
+        raise ConfigError("train.accum_steps > 1 trains the heads on detached tokens: set train.heads_train_towers=false")
+    if rows % micro:
+        raise ConfigError(f"train.accum_steps ({micro}) must divide each process's {rows} rows of the batch")
+
+
 def forward_backward(
     model: VisLangModel, tokenizer, pixels: torch.Tensor, batch, text_cache: TextCache | None, captions: list[str],
     caption_weight: torch.Tensor, tcfg: dict[str, Any], generator: torch.Generator, ranks: Ranks,
@@ -189,10 +203,7 @@ def forward_backward(
         backward(losses)
         return {name: value.detach() for name, value in losses.items()}
 
-    if tcfg["heads_train_towers"] and (model.matching is not None or model.decoder is not None):
-        raise ConfigError("train.accum_steps > 1 trains the heads on detached tokens: set train.heads_train_towers=false")
-    if len(texts) % micro:
-        raise ConfigError(f"train.accum_steps ({micro}) must divide each process's {len(texts)} rows of the batch")
+    check_accumulation(model, tcfg, len(texts))
     size = len(texts) // micro
     chunks = [slice(j * size, (j + 1) * size) for j in range(micro)]
     text_length = model.cfg["text"]["max_length"]
