@@ -82,6 +82,15 @@ def loss_weights(tcfg: dict[str, Any]) -> dict[str, float]:
             "loss_caption": tcfg["caption_weight"]}
 
 
+def pad_text(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text tokens [B, L, C] and mask [B, L] padded to `length` positions: rows from different
+    micro-batches or processes pad to different lengths, and joining them needs one."""
+    if not tokens.numel():
+        return tokens, mask
+    pad = length - tokens.shape[1]
+    return F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+
+
 @dataclass
 class Features:
     """The towers' outputs for some rows of a batch."""
@@ -95,13 +104,7 @@ class Features:
     @staticmethod
     def cat(parts: list["Features"], text_length: int) -> "Features":
         """Rows of several micro-batches as one; text tokens padded to `text_length` first."""
-        def padded(f: Features) -> tuple[torch.Tensor, torch.Tensor]:
-            if not f.text_tokens.numel():
-                return f.text_tokens, f.text_mask
-            pad = text_length - f.text_tokens.shape[1]
-            return F.pad(f.text_tokens, (0, 0, 0, pad)), F.pad(f.text_mask, (0, pad))
-
-        texts = [padded(f) for f in parts]
+        texts = [pad_text(f.text_tokens, f.text_mask, text_length) for f in parts]
         return Features(torch.cat([f.image_tokens for f in parts]), torch.cat([f.image_emb for f in parts]),
                         torch.cat([t for t, _ in texts]), torch.cat([m for _, m in texts]),
                         torch.cat([f.text_emb for f in parts]))
@@ -142,9 +145,8 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
     image_tokens, text_tokens, text_mask = features.image_tokens, features.text_tokens, features.text_mask
     if not tcfg["heads_train_towers"]:
         image_tokens, text_tokens = image_tokens.detach(), text_tokens.detach()
-    if ranks.world > 1:  # ranks pad to different lengths; gathering needs one
-        pad = model.cfg["text"]["max_length"] - text_tokens.shape[1]
-        text_tokens, text_mask = F.pad(text_tokens, (0, 0, 0, pad)), F.pad(text_mask, (0, pad))
+    if ranks.world > 1:
+        text_tokens, text_mask = pad_text(text_tokens, text_mask, model.cfg["text"]["max_length"])
         image_tokens, text_tokens, text_mask = ranks.gather(image_tokens, text_tokens, text_mask.float())
     text_mask = text_mask.long()
     share = slice(ranks.rank, None, ranks.world)
