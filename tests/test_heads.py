@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import vislang
 from vislang.config import load_config
@@ -47,6 +49,23 @@ def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):
     assert probabilities.shape == (2,) and ((probabilities >= 0) & (probabilities <= 1)).all()
     with pytest.raises(ValueError, match="as many images as texts"):
         model.match([grey], ["a", "b"])
+
+
+def test_heads_on_detached_tokens_leave_the_contrastive_model_unchanged(tiny_catalog, tmp_path):
+    # Gradient clipping over one global norm let the heads' gradients shrink the towers' steps.
+    def towers(heads: bool) -> dict:
+        overrides = [o for o in HEADS if "enabled" not in o] + [f"model.matching.enabled={heads}",
+                                                               f"model.decoder.enabled={heads}",
+                                                               "train.heads_train_towers=false", "train.epochs=3",
+                                                               "train.grad_clip=0.01", "train.eval_every_epochs=0"]
+        out = train(load_config(ROOT / "configs" / "tiny.yaml", overrides), data=str(tiny_catalog), output=tmp_path / str(heads))
+        weights = load_file(str(out / "model.safetensors"))
+        return {k: v for k, v in weights.items() if k.startswith(("image_tower", "image_proj", "text_proj", "logit_scale"))}
+
+    without, with_heads = towers(False), towers(True)
+    assert without.keys() == with_heads.keys()
+    for name, tensor in without.items():
+        assert torch.equal(tensor, with_heads[name]), name
 
 
 def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):

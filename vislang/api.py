@@ -67,10 +67,11 @@ class VisLang:
         out = [np.zeros(0, np.float32)]
         for start in range(0, len(texts), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
-            image_tokens, _ = self.model.image_features(pixels)
+            memory, image_emb = self.model.image_memory(pixels)
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
-            text_tokens, _ = self.model.text_tower(ids, mask)
-            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, image_tokens)).float().cpu().numpy())
+            text_tokens, text_pooled = self.model.text_tower(ids, mask)
+            logits = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled)).sum(-1)
+            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, memory, logits)).float().cpu().numpy())
         return np.concatenate(out)
 
     @torch.inference_mode()
@@ -80,8 +81,8 @@ class VisLang:
         captions: list[str] = []
         for start in range(0, len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
-            image_tokens, _ = self.model.image_features(pixels)
-            for ids in generate(self.model.decoder, image_tokens, max_length=max_length, num_beams=num_beams):
+            memory, _ = self.model.image_memory(pixels)
+            for ids in generate(self.model.decoder, memory, max_length=max_length, num_beams=num_beams):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions
 

@@ -2,6 +2,8 @@
 
 Following BLIP, each image gets one negative text and each text one negative image, drawn with
 probability proportional to softmax(similarity) so that confusable pairs are picked most often.
+The similarity must be the contrastive logits (cosine / temperature, as in BLIP): a softmax over
+raw cosines, which lie in [-1, 1], is close to uniform and draws easy negatives.
 Catalog batches have many positives per row (shared captions, room photos showing several
 products), so the draw is restricted to pairs that the `positives` mask marks as non-matching:
 a text that is also a correct description of the image must never be labelled "no match".
@@ -78,13 +80,15 @@ def matching_loss(
     positives: torch.Tensor,
     generator: torch.Generator | None = None,
     rows: torch.Tensor | None = None,
+    use_similarity: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Binary cross-entropy of `head` on the diagonal pairs (label 1) and the hard negatives (label 0).
 
     image_tokens [B, N, Ci], text_tokens [B, L, Ct], text_mask [B, L]; similarity and positives as in
     `sample_hard_negatives`. `rows` (default: all) picks the images and texts whose positive pair
     and negatives are scored; negatives are still drawn from the whole batch. Rows without a
-    negative are skipped. All pairs go through the head in one call; the loss is the mean over
+    negative are skipped. `use_similarity` hands the head each pair's similarity to correct rather
+    than replace. All pairs go through the head in one call; the loss is the mean over
     pairs. The dict holds float statistics for logging.
     """
     if text_tokens.shape[0] != image_tokens.shape[0] or similarity.shape[0] != image_tokens.shape[0]:
@@ -102,7 +106,8 @@ def matching_loss(
     labels[:batch] = 1.0
 
     length = int(text_mask[text_index].sum(dim=1).max())  # the batch is padded for its longest text
-    logits = head(text_tokens[text_index, :length], text_mask[text_index, :length], image_tokens[image_index])
+    logits = head(text_tokens[text_index, :length], text_mask[text_index, :length], image_tokens[image_index],
+                  similarity.to(device)[image_index, text_index] if use_similarity else None)
     loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
 
     with torch.no_grad():

@@ -2,7 +2,11 @@
 
 BLIP-style fusion: both token sequences are projected to a shared width; each layer runs
 pre-norm self-attention over the text (padding masked), pre-norm cross-attention from text to
-image tokens, and an MLP. The pooled text state goes through Linear(width, 1).
+image tokens, and an MLP. The pooled text state goes through Linear(width, 1). When the pair's
+contrastive logit (temperature-scaled cosine similarity) is given, it is added with a learned
+weight: the head then learns a
+correction to the contrastive score, which is what re-ranking the contrastive top hits needs,
+instead of relearning the whole score from a few coarse image tokens.
 
 Pooling is the masked mean over real text tokens, not the first position. The text towers do
 not agree on what sits at position 0: an HF encoder puts [CLS] there, but the open_clip text
@@ -62,9 +66,12 @@ class MatchingHead(nn.Module):
         self.layers = nn.ModuleList(_FusionLayer(width, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, 1)
+        self.similarity_weight = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        """text_tokens [B, L, Ct], text_mask [B, L] (1 = real), image_tokens [B, N, Ci] -> logits [B]."""
+    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor,
+                similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """text_tokens [B, L, Ct], text_mask [B, L] (1 = real), image_tokens [B, N, Ci], optional
+        contrastive logit of each pair [B] -> logits [B]."""
         if text_tokens.shape[:2] != text_mask.shape or text_tokens.shape[0] != image_tokens.shape[0]:
             raise ValueError(
                 f"shape mismatch: text_tokens {tuple(text_tokens.shape)}, text_mask {tuple(text_mask.shape)}, "
@@ -81,4 +88,7 @@ class MatchingHead(nn.Module):
             text = layer(text, padding, image)
         text = self.norm(text).masked_fill(padding.unsqueeze(-1), 0.0)
         pooled = text.sum(dim=1) / real.sum(dim=1, keepdim=True).to(text.dtype)
-        return self.classifier(pooled).squeeze(-1)
+        logits = self.classifier(pooled).squeeze(-1)
+        if similarity is not None:
+            logits = logits + self.similarity_weight * similarity.to(logits.dtype)
+        return logits

@@ -1,8 +1,8 @@
 """The dual encoder: image tower and text tower, each with a projection into one embedding space.
 
 Towers return (tokens, pooled). The contrastive objective uses the projected, L2-normalised
-pooled vectors; the matching head and caption decoder (next objectives) take the token
-sequences, which is why the towers keep them.
+pooled vectors; the matching head and caption decoder take the token sequences, which is why
+the towers keep them, plus one summary token made from the image's embedding (`head_memory`).
 """
 from __future__ import annotations
 
@@ -41,7 +41,11 @@ class VisLangModel(nn.Module):
         self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
-        self.matching = self.decoder = self.caption_vocab = None
+        self.matching = self.decoder = self.caption_vocab = self.summary = None
+        if cfg["matching"]["enabled"] or cfg["decoder"]["enabled"]:
+            # A small convnet's last feature map has only a few coarse tokens; the embedding adds
+            # what the contrastive objective learned (colour included) as one more token.
+            self.summary = nn.Linear(cfg["embed_dim"], self.image_tower.token_width)
         if cfg["matching"]["enabled"]:
             m = cfg["matching"]
             self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"], m["heads"])
@@ -72,8 +76,26 @@ class VisLangModel(nn.Module):
             pooled = torch.cat([pooled, self.color(pixels).to(pooled.dtype)], dim=-1)
         return tokens, F.normalize(self.image_proj(pooled), dim=-1)
 
+    def head_memory(self, image_tokens: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        """What the matching head and decoder attend to: the image tokens and the summary token, [B, N + 1, C]."""
+        summary = self.summary(image_emb.to(self.summary.weight.dtype)).unsqueeze(1)
+        return torch.cat([image_tokens, summary.to(image_tokens.dtype)], dim=1)
+
+    def image_memory(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head memory [B, N + 1, C], embedding [B, D]) of some pixels."""
+        tokens, emb = self.image_features(pixels)
+        return self.head_memory(tokens, emb), emb
+
+    def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by objective: each head's own, and the rest (towers, projections, temperature)."""
+        heads = {"matching": self.matching, "decoder": self.decoder, "summary": self.summary}
+        owned = {id(p) for m in heads.values() if m is not None for p in m.parameters()}
+        parts = {name: [p for p in m.parameters() if p.requires_grad] for name, m in heads.items() if m is not None}
+        parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
+        return {name: params for name, params in parts.items() if params}
+
     def caption_loss(self, image_tokens: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
-        """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids)."""
+        """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids); image_tokens are head memory."""
         ids = self.caption_vocab.to_decoder(caption_ids[:, : self.decoder.max_length])
         return self.decoder.loss(image_tokens, ids)
 

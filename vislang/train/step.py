@@ -143,22 +143,25 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
         return losses
     device = image_emb.device
     image_tokens, text_tokens, text_mask = features.image_tokens, features.text_tokens, features.text_mask
+    summary_emb = image_emb
     if not tcfg["heads_train_towers"]:
-        image_tokens, text_tokens = image_tokens.detach(), text_tokens.detach()
+        image_tokens, text_tokens, summary_emb = image_tokens.detach(), text_tokens.detach(), image_emb.detach()
     if ranks.world > 1:
         text_tokens, text_mask = pad_text(text_tokens, text_mask, model.cfg["text"]["max_length"])
         image_tokens, text_tokens, text_mask = ranks.gather(image_tokens, text_tokens, text_mask.float())
     text_mask = text_mask.long()
     share = slice(ranks.rank, None, ranks.world)
+    memory = model.head_memory(image_tokens, summary_emb)
     if model.matching is not None:
-        similarity = (image_emb @ text_emb.t()).detach()
+        logits = (model.logit_scale.exp() * image_emb @ text_emb.t()).detach()
         rows = torch.randperm(len(batch.items), generator=generator)[: tcfg["matching_batch"] or None]
-        losses["loss_matching"], _ = matching_loss(model.matching, image_tokens, text_tokens, text_mask, similarity,
-                                                   batch.positives.to(device), generator, rows[share])
+        losses["loss_matching"], _ = matching_loss(model.matching, memory, text_tokens, text_mask, logits,
+                                                   batch.positives.to(device), generator, rows[share],
+                                                   use_similarity=True)
     if model.decoder is not None:
         rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share]
         ids, _ = tokenizer([captions[batch.items[i]] for i in rows.tolist()])
-        losses["loss_caption"] = model.caption_loss(image_tokens[rows.to(device)], ids.to(device))
+        losses["loss_caption"] = model.caption_loss(memory[rows.to(device)], ids.to(device))
     return losses
 
 
@@ -251,9 +254,12 @@ def speed_up(model: VisLangModel, tcfg: dict[str, Any]) -> torch.memory_format:
 
 
 def optimizer_step(model: VisLangModel, optimizer: torch.optim.Optimizer, grad_clip: float, ranks: Ranks) -> torch.Tensor:
-    """Average the accumulated gradients over ranks, clip, update, clear; returns the norm before clipping."""
+    """Average the accumulated gradients over ranks, clip, update, clear; returns the towers' norm before clipping."""
     ranks.average_gradients(model)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # Each head is clipped on its own: one norm over everything would let a head's large
+    # gradient shrink the towers' step, so switching a head on would change the contrastive model.
+    norms = {name: torch.nn.utils.clip_grad_norm_(params, grad_clip) for name, params in model.parameter_parts().items()}
+    grad_norm = norms.get("towers", next(iter(norms.values())))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
