@@ -54,6 +54,7 @@ def evaluate_captions(
     metrics = {f"caption_{k}": v for k, v in caption_scores(generated, refs).items()}
     metrics.update({f"retrieval_caption_{k}": v for k, v in caption_scores(retrieved, refs).items()})
     metrics["caption_names_type"] = names_type_share(generated[:100], products[:100])
+    metrics["retrieval_caption_names_type"] = names_type_share(retrieved[:100], products[:100])
     return metrics, generated
 
 
