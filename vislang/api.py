@@ -81,7 +81,8 @@ class VisLang:
         captions: list[str] = []
         for start in range(0, len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
-            memory, _ = self.model.image_memory(pixels)
+            memory, image_emb = self.model.image_memory(pixels)
+            memory = self.model.decoder_memory(memory, image_emb)
             for ids in generate(self.model.decoder, memory, max_length=max_length, num_beams=num_beams):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions

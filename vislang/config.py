@@ -35,8 +35,10 @@ DEFAULTS: dict[str, Any] = {
         # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
+        # neighbours k > 0: the decoder also reads the captions of the k training images nearest
+        # the image (models/neighbours.py); store_size is filled in when training starts.
         "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
-                    "vocab": "captions", "token_ids": []},
+                    "vocab": "captions", "token_ids": [], "neighbours": 0, "store_size": 0},
         "init_temperature": 0.07,
     },
     "data": {

@@ -203,6 +203,11 @@ def build_image_bank(
     return torch.from_numpy(np.load(bank_file, mmap_mode="c")), np.load(index_file).tolist()
 
 
+def resized(bank: torch.Tensor, rows: slice, out_size: int) -> torch.Tensor:
+    """Banked images resized whole to `out_size`, as inference sees them; normalised float."""
+    return normalize(TF.resize(bank[rows], [out_size, out_size], antialias=True))
+
+
 def augment(
     bank: torch.Tensor,
     indices: Sequence[int],

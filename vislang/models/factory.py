@@ -17,7 +17,8 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     The tokenizer comes first: the caption decoder's vocabulary and special ids are its. A decoder
     with `vocab: captions` predicts only the tokens of `captions` (the training captions); their
     ids are written into the model's config (`model.cfg`), which checkpoints save, so a reload
-    needs no captions.
+    needs no captions. A decoder that retrieves (`neighbours` > 0) stores the captions themselves
+    (`models/neighbours.py`), as weights.
     """
     text = model_cfg["text"]
     source = resolve_text_source(text["name"]) if text["kind"] == "hf" else text["name"]
@@ -30,4 +31,11 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
             raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")
         model_cfg = copy.deepcopy(model_cfg)
         model_cfg["decoder"]["token_ids"] = caption_token_ids(tokenizer(list(captions))[0].tolist(), tokenizer.special_ids)
-    return VisLangModel(model_cfg, tokenizer.special_ids), tokenizer
+    retrieves = decoder["enabled"] and decoder["neighbours"] and captions
+    if retrieves:
+        model_cfg = copy.deepcopy(model_cfg)
+        model_cfg["decoder"]["store_size"] = len(captions)
+    model = VisLangModel(model_cfg, tokenizer.special_ids)
+    if retrieves:
+        model.neighbours.set_captions(model.caption_vocab.to_decoder(tokenizer(list(captions))[0]))
+    return model, tokenizer

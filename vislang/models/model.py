@@ -17,6 +17,7 @@ from .color import ColorHistogram
 from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
 from .matching import MatchingHead
+from .neighbours import CaptionNeighbours
 from .text_tower import create_text_tower
 from .vocab import CaptionVocab
 
@@ -41,7 +42,7 @@ class VisLangModel(nn.Module):
         self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
-        self.matching = self.decoder = self.caption_vocab = self.summary = None
+        self.matching = self.decoder = self.caption_vocab = self.summary = self.neighbours = None
         if cfg["matching"]["enabled"] or cfg["decoder"]["enabled"]:
             # A small convnet's last feature map has only a few coarse tokens; the embedding adds
             # what the contrastive objective learned (colour included) as one more token.
@@ -56,6 +57,9 @@ class VisLangModel(nn.Module):
             self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
                                           heads=d["heads"], max_length=d["max_length"],
                                           **self.caption_vocab.special_ids(special_ids))
+            if d["neighbours"]:
+                self.neighbours = CaptionNeighbours(d["store_size"], d["max_length"], d["neighbours"], len(self.caption_vocab),
+                                                    self.image_tower.token_width, cfg["embed_dim"], self.decoder.pad_id)
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
@@ -86,9 +90,17 @@ class VisLangModel(nn.Module):
         tokens, emb = self.image_features(pixels)
         return self.head_memory(tokens, emb), emb
 
+    def decoder_memory(self, memory: torch.Tensor, image_emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """The head memory, followed by the nearest training captions' tokens when the decoder retrieves.
+
+        `exclude` [B]: each row's own training item, never its own neighbour."""
+        if self.neighbours is None:
+            return memory
+        return torch.cat([memory, self.neighbours(image_emb, exclude).to(memory.dtype)], dim=1)
+
     def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by objective: each head's own, and the rest (towers, projections, temperature)."""
-        heads = {"matching": self.matching, "decoder": self.decoder, "summary": self.summary}
+        heads = {"matching": self.matching, "decoder": self.decoder, "summary": self.summary, "neighbours": self.neighbours}
         owned = {id(p) for m in heads.values() if m is not None for p in m.parameters()}
         parts = {name: [p for p in m.parameters() if p.requires_grad] for name, m in heads.items() if m is not None}
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..api import VisLang
 from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
-from ..data.pixels import augment, build_image_bank
+from ..data.pixels import augment, build_image_bank, resized
 from ..eval import evaluate
 from ..models import create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
@@ -159,6 +159,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
     bar.close()
+    if model.neighbours is not None:
+        _refresh_neighbours(model, bank, image_size, device, memory_format)
+        last_saved = -1  # the final checkpoint must carry the refreshed store
     if step != last_saved:
         checkpoint()
     _log_eval(model, tokenizer, config, device, catalog, logger, step, ranks)  # ends when every rank is there
@@ -167,6 +170,17 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         plot_curves(run_dir)
     distributed.teardown()
     return find_checkpoint(run_dir)
+
+
+@torch.inference_mode()
+def _refresh_neighbours(model, bank, image_size: int, device, memory_format) -> None:
+    """Re-embed every training image as inference will (eval mode, whole image) for the caption store."""
+    model.eval()
+    for start in range(0, len(bank), 256):
+        rows = slice(start, min(start + 256, len(bank)))
+        pixels = resized(bank, rows, image_size).to(device, memory_format=memory_format)
+        model.neighbours.remember(torch.arange(rows.start, rows.stop, device=device), model.encode_image(pixels))
+    model.train()
 
 
 def _log_eval(model, tokenizer, config, device, catalog, logger, step: int, ranks: Ranks) -> None:

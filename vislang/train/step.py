@@ -159,9 +159,13 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
                                                    batch.positives.to(device), generator, rows[share],
                                                    use_similarity=True)
     if model.decoder is not None:
-        rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share]
+        rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share].to(device)
         ids, _ = tokenizer([captions[batch.items[i]] for i in rows.tolist()])
-        losses["loss_caption"] = model.caption_loss(memory[rows.to(device)], ids.to(device))
+        items = torch.tensor(batch.items, device=device)
+        caption_memory = model.decoder_memory(memory[rows], image_emb.detach()[rows], exclude=items[rows])
+        losses["loss_caption"] = model.caption_loss(caption_memory, ids.to(device))
+        if model.neighbours is not None:  # after the lookup: this batch's images are not their own neighbours
+            model.neighbours.remember(items, image_emb)
     return losses
 
 
