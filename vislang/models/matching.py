@@ -4,9 +4,9 @@ BLIP-style fusion: both token sequences are projected to a shared width; each la
 pre-norm self-attention over the text (padding masked), pre-norm cross-attention from text to
 image tokens, and an MLP. The pooled text state goes through Linear(width, 1). When the pair's
 contrastive logit (temperature-scaled cosine similarity) is given, it is added with a learned
-weight: the head then learns a
-correction to the contrastive score, which is what re-ranking the contrastive top hits needs,
-instead of relearning the whole score from a few coarse image tokens.
+weight: the head then learns a correction to the contrastive score, which is what re-ranking
+the contrastive top hits needs, instead of relearning the whole score from a few coarse image
+tokens.
 
 Pooling is the masked mean over real text tokens, not the first position. The text towers do
 not agree on what sits at position 0: an HF encoder puts [CLS] there, but the open_clip text

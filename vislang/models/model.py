@@ -106,10 +106,10 @@ class VisLangModel(nn.Module):
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
         return {name: params for name, params in parts.items() if params}
 
-    def caption_loss(self, image_tokens: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
-        """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids); image_tokens are head memory."""
+    def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids), given its memory."""
         ids = self.caption_vocab.to_decoder(caption_ids[:, : self.decoder.max_length])
-        return self.decoder.loss(image_tokens, ids)
+        return self.decoder.loss(memory, ids)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_features(pixels)[1]
