@@ -26,16 +26,18 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     decoder = model_cfg["decoder"]
     if decoder["vocab"] not in ("captions", "tokenizer"):
         raise ConfigError(f"model.decoder.vocab must be captions or tokenizer, not {decoder['vocab']!r}")
-    if decoder["enabled"] and decoder["vocab"] == "captions" and not decoder["token_ids"]:
-        if not captions:
-            raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")
+    builds_vocab = decoder["enabled"] and decoder["vocab"] == "captions" and not decoder["token_ids"]
+    if builds_vocab and not captions:
+        raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")
+    retrieves = bool(decoder["enabled"] and decoder["neighbours"] and captions)
+    caption_ids = tokenizer(list(captions))[0] if builds_vocab or retrieves else None
+    if builds_vocab or retrieves:
         model_cfg = copy.deepcopy(model_cfg)
-        model_cfg["decoder"]["token_ids"] = caption_token_ids(tokenizer(list(captions))[0].tolist(), tokenizer.special_ids)
-    retrieves = decoder["enabled"] and decoder["neighbours"] and captions
+    if builds_vocab:
+        model_cfg["decoder"]["token_ids"] = caption_token_ids(caption_ids.tolist(), tokenizer.special_ids)
     if retrieves:
-        model_cfg = copy.deepcopy(model_cfg)
         model_cfg["decoder"]["store_size"] = len(captions)
     model = VisLangModel(model_cfg, tokenizer.special_ids)
     if retrieves:
-        model.neighbours.set_captions(model.caption_vocab.to_decoder(tokenizer(list(captions))[0]))
+        model.neighbours.set_captions(model.caption_vocab.to_decoder(caption_ids))
     return model, tokenizer
