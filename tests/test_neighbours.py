@@ -27,8 +27,9 @@ def test_nearest_is_best_first_and_skips_itself_and_unseen_items():
 def test_memory_holds_each_neighbours_tokens_in_rank_order():
     store = _store(k=2)
     store.remember(torch.arange(5), torch.eye(3)[[0, 1, 2, 0, 1]] * torch.tensor([[1.0], [1], [1], [0.5], [0.5]]))
-    memory = store(torch.eye(3)[:1])
+    memory, ids = store(torch.eye(3)[:1])
     assert memory.shape == (1, 2 * 4, 8)
+    assert ids.tolist() == [store.ids[0].tolist() + store.ids[3].tolist()]  # item 3 is second nearest
     # neighbour 0 (item 0) fills the first 4 positions; the same item at rank 1 would differ by its rank embedding
     swapped = store.norm(store.token(store.ids[[0]]) + store.previous(torch.cat([torch.zeros(1, 1, dtype=torch.long),
                                                                                       store.ids[[0], :-1]], 1))
@@ -52,3 +53,15 @@ def test_training_leaves_a_full_store_of_inference_embeddings(tiny_catalog, tmp_
     fresh = model.encode_images([item.image for item in train_items])
     agreement = np.sum(fresh * store.embeddings.numpy(), axis=1)
     assert agreement.min() > 0.98, agreement.min()
+
+
+def test_overlap_counts_query_tokens_found_in_the_first_r_neighbours():
+    store = _store(k=2)  # item i's caption: ids 4i+1 .. 4i+4 (mod 9, + 1)
+    store.remember(torch.arange(5), torch.eye(3)[[0, 1, 2, 0, 1]] * torch.tensor([[1.0], [1], [1], [0.5], [0.5]]))
+    # image along axis 0: neighbour 1 is item 0 (ids 1 2 3 4), neighbour 2 item 3 (ids 4 5 6 7)
+    queries = torch.tensor([[1, 2, 0, 0],    # both tokens in neighbour 1
+                            [5, 9, 3, 0],    # 3 in neighbour 1; 5 only in neighbour 2; 9 in neither
+                            [0, 0, 0, 0]])   # nothing to count
+    share = store.overlap(torch.eye(3)[:1], queries, ignore=torch.tensor([0]))
+    assert share.shape == (1, 3, 2)
+    torch.testing.assert_close(share[0], torch.tensor([[1.0, 1.0], [1 / 3, 2 / 3], [0.0, 0.0]]))

@@ -71,7 +71,9 @@ class VisLang:
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
             logits = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled)).sum(-1)
-            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, memory, logits)).float().cpu().numpy())
+            overlap = self.model.neighbour_overlap(image_emb, ids)
+            overlap = None if overlap is None else overlap.diagonal().t()  # pair i is (image i, text i)
+            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, memory, logits, overlap)).float().cpu().numpy())
         return np.concatenate(out)
 
     @torch.inference_mode()
@@ -82,8 +84,8 @@ class VisLang:
         for start in range(0, len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
-            memory = self.model.decoder_memory(memory, image_emb)
-            for ids in generate(self.model.decoder, memory, max_length=max_length, num_beams=num_beams):
+            memory, copy_ids = self.model.decoder_memory(memory, image_emb)
+            for ids in generate(self.model.decoder, memory, copy_ids, max_length=max_length, num_beams=num_beams):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions
 

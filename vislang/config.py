@@ -31,14 +31,17 @@ DEFAULTS: dict[str, Any] = {
         },
         "head": "mlp",  # projection heads: linear | mlp
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
-        "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
+        # neighbour_overlap: it also weighs how much of the text the captions of the image's nearest
+        # training images contain (needs decoder.neighbours; models/neighbours.py).
+        "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "neighbour_overlap": False},
         # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
         # neighbours k > 0: the decoder also reads the captions of the k training images nearest
         # the image (models/neighbours.py); store_size is filled in when training starts.
+        # copy (needs neighbours): a pointer may copy the retrieved captions' tokens (models/decoder.py).
         "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
-                    "vocab": "captions", "token_ids": [], "neighbours": 0, "store_size": 0},
+                    "vocab": "captions", "token_ids": [], "neighbours": 0, "store_size": 0, "copy": False},
         "init_temperature": 0.07,
     },
     "data": {

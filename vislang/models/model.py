@@ -48,15 +48,21 @@ class VisLangModel(nn.Module):
             # what the contrastive objective learned (colour included) as one more token.
             self.summary = nn.Linear(cfg["embed_dim"], self.image_tower.token_width)
         if cfg["matching"]["enabled"]:
-            m = cfg["matching"]
-            self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"], m["heads"])
+            m, d = cfg["matching"], cfg["decoder"]
+            if m["neighbour_overlap"] and not (d["enabled"] and d["neighbours"]):
+                raise ValueError("model.matching.neighbour_overlap reads the decoder's retrieved captions: "
+                                 "set model.decoder.enabled=true and model.decoder.neighbours > 0")
+            self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"],
+                                         m["heads"], overlap_ranks=d["neighbours"] if m["neighbour_overlap"] else 0)
         if cfg["decoder"]["enabled"]:
             d = cfg["decoder"]
             token_ids = d["token_ids"] or list(range(special_ids["vocab_size"]))
             self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
             self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
-                                          heads=d["heads"], max_length=d["max_length"],
+                                          heads=d["heads"], max_length=d["max_length"], copy=d["copy"],
                                           **self.caption_vocab.special_ids(special_ids))
+            if d["copy"] and not d["neighbours"]:
+                raise ValueError("model.decoder.copy copies from retrieved captions: set model.decoder.neighbours > 0")
             if d["neighbours"]:
                 self.neighbours = CaptionNeighbours(d["store_size"], d["max_length"], d["neighbours"], len(self.caption_vocab),
                                                     self.image_tower.token_width, cfg["embed_dim"], self.decoder.pad_id)
@@ -90,13 +96,26 @@ class VisLangModel(nn.Module):
         tokens, emb = self.image_features(pixels)
         return self.head_memory(tokens, emb), emb
 
-    def decoder_memory(self, memory: torch.Tensor, image_emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """The head memory, followed by the nearest training captions' tokens when the decoder retrieves.
+    def decoder_memory(self, memory: torch.Tensor, image_emb: torch.Tensor,
+                       exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head memory, followed by the nearest training captions' tokens when the decoder retrieves,
+        and the ids a copying decoder may copy from it ([B, N], pad for the image tokens; None without).
 
         `exclude` [B]: each row's own training item, never its own neighbour."""
         if self.neighbours is None:
-            return memory
-        return torch.cat([memory, self.neighbours(image_emb, exclude).to(memory.dtype)], dim=1)
+            return memory, None
+        tokens, ids = self.neighbours(image_emb, exclude)
+        image_ids = torch.full(memory.shape[:2], self.decoder.pad_id, dtype=ids.dtype, device=ids.device)
+        return torch.cat([memory, tokens.to(memory.dtype)], dim=1), torch.cat([image_ids, ids], dim=1)
+
+    def neighbour_overlap(self, image_emb: torch.Tensor, text_ids: torch.Tensor,
+                          exclude: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[B_images, B_texts, k] overlap of texts (tokenizer ids) with the images' neighbours' captions,
+        for a matching head that reads it; else None."""
+        if self.matching is None or self.matching.overlap_weight is None:
+            return None
+        ignore = torch.tensor([self.decoder.pad_id, self.decoder.bos_id, self.decoder.eos_id], device=text_ids.device)
+        return self.neighbours.overlap(image_emb, self.caption_vocab.to_decoder(text_ids), ignore, exclude)
 
     def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by objective: each head's own, and the rest (towers, projections, temperature)."""
@@ -106,10 +125,10 @@ class VisLangModel(nn.Module):
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
         return {name: params for name, params in parts.items() if params}
 
-    def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+    def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor, copy_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids), given its memory."""
         ids = self.caption_vocab.to_decoder(caption_ids[:, : self.decoder.max_length])
-        return self.decoder.loss(memory, ids)
+        return self.decoder.loss(memory, ids, copy_ids)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_features(pixels)[1]

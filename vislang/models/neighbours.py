@@ -12,6 +12,10 @@ item itself is never its own neighbour); at the end of training they are refresh
 Each retrieved token becomes a memory token: its embedding, the embedding of the token before
 it (so attending to "the token after the one just written" is a key match), its position and
 the neighbour's rank.
+
+The matching head reads the store too (`overlap`): how much of a query text the captions of an
+image's nearest training images contain. The name in "BILLY Bookcase, White" is in no photo, but
+the image's neighbours carry it when they are of the same family.
 """
 from __future__ import annotations
 
@@ -53,9 +57,26 @@ class CaptionNeighbours(nn.Module):
             scores[torch.arange(len(exclude), device=scores.device), exclude] = float("-inf")
         return scores.topk(min(self.k, scores.shape[1]), dim=1).indices
 
-    def forward(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """Memory tokens [B, k * length, width] of the k nearest captions of each embedding."""
+    def forward(self, embeddings: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Memory tokens [B, k * length, width] of the k nearest captions of each embedding, and
+        their decoder ids [B, k * length] (what a copying decoder copies)."""
         ids = self.ids[self.nearest(embeddings, exclude)]  # [B, k, T]
         before = torch.cat([torch.full_like(ids[..., :1], self.pad_id), ids[..., :-1]], dim=-1)
         tokens = self.token(ids) + self.previous(before) + self.position + self.rank[: ids.shape[1], None]
-        return self.norm(tokens).flatten(1, 2)
+        return self.norm(tokens).flatten(1, 2), ids.flatten(1, 2)
+
+    @torch.no_grad()
+    def overlap(self, embeddings: Tensor, query_ids: Tensor, ignore: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """[B_images, B_texts, k]: entry r is the share of a query's tokens found in the captions of
+        the image's r + 1 nearest neighbours.
+
+        query_ids [B_texts, L] are decoder ids; ids in `ignore` (pad, BOS, EOS) are not counted.
+        """
+        ids = self.ids[self.nearest(embeddings, exclude)]  # [B_i, k, T]
+        vocab = self.token.num_embeddings
+        present = torch.zeros(*ids.shape[:2], vocab, device=ids.device).scatter_(2, ids, 1.0)
+        present = present.cummax(dim=1).values  # found in any of the first r + 1 neighbours
+        counted = ~torch.isin(query_ids, ignore)  # [B_t, L]
+        hits = present[:, :, query_ids] * counted  # [B_i, k, B_t, L]
+        share = hits.sum(-1) / counted.sum(-1).clamp(min=1)
+        return share.transpose(1, 2)
