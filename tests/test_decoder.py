@@ -115,6 +115,18 @@ def test_copy_mixes_the_memory_ids_into_a_distribution():
         assert mass[row][:, outside].max() < 1e-9 and mass[row][:, sorted(allowed)].sum(-1).min() > 1 - 1e-9
 
 
+def test_copy_continues_the_retrieved_caption_it_is_copying_and_never_copies_bos():
+    decoder, images = _decoder(copy=True), _images(1)
+    copy_ids = torch.tensor([[PAD, PAD, BOS, 7, 8]])  # image tokens, then one retrieved caption "BOS 7 8"
+    with torch.no_grad():
+        decoder.pointer.gate.bias.fill_(-1e4)  # copy only
+        decoder.pointer.continue_bonus.fill_(1e3)
+        after_seven = decoder(torch.tensor([[BOS, 7]]), images, copy_ids).exp()
+    assert after_seven[0, 0, 7] > 1 - 1e-6  # after BOS: the token that follows BOS in the caption
+    assert after_seven[0, 1, 8] > 1 - 1e-6  # after 7: the token that follows 7
+    assert after_seven[0, :, BOS].max() < 1e-9
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_copying_decoder_cached_equals_uncached_and_beam_one_is_greedy(num_beams):
     decoder, images, copy_ids = _decoder(copy=True), _images(5), _copy_ids(5)
@@ -142,6 +154,21 @@ def test_beam_of_one_equals_greedy(use_cache):
     with torch.no_grad():
         beam = _beam_search(decoder, images, None, 12, 1, 1.0, use_cache)
     assert beam == generate(decoder, images, max_length=12, use_cache=use_cache)
+
+
+def test_beam_search_returns_each_images_best_hypotheses_first():
+    decoder, images = _decoder(), _images(4)
+    best = generate(decoder, images, max_length=12, num_beams=4)
+    several = generate(decoder, images, max_length=12, num_beams=4, num_return_sequences=3)
+    assert len(several) == 12
+    groups = [several[3 * i : 3 * i + 3] for i in range(4)]
+    assert [g[0] for g in groups] == best
+    # ranked by mean log-prob per generated token (EOS counted), best first
+    for image, group in zip(images, groups):
+        means = [_sum_logprob(decoder, image, c, 12) / (len(c) + (len(c) < 12)) for c in group]
+        assert means == sorted(means, reverse=True) and len({tuple(c) for c in group}) == 3
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        generate(decoder, images, num_beams=2, num_return_sequences=3)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -143,26 +143,6 @@ def test_head_output_shape_and_gradients():
         assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
 
 
-def test_head_adds_the_neighbour_overlap_with_learned_weights():
-    head = _head(overlap_ranks=2)
-    text, image = torch.randn(3, 5, 12), torch.randn(3, 4, 10)
-    mask = torch.ones(3, 5, dtype=torch.long)
-    overlap = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]])
-    assert torch.equal(head(text, mask, image, overlap=overlap), head(text, mask, image))  # weights start at 0
-    with torch.no_grad():
-        head.overlap_weight.weight.copy_(torch.tensor([[2.0, 3.0]]))
-    shift = head(text, mask, image, overlap=overlap) - head(text, mask, image)
-    torch.testing.assert_close(shift, torch.tensor([0.0, 2.0, 4.0]))
-    # the loss hands each scored pair its own (image, text) entry of a [B, B, k] overlap
-    pairwise = torch.zeros(3, 3, 2)
-    pairwise[torch.arange(3), torch.arange(3)] = overlap
-    similarity = torch.zeros(3, 3)
-    loss_with, _ = matching_loss(head, image, text, mask, similarity, torch.eye(3), torch.Generator().manual_seed(0),
-                                 overlap=pairwise)
-    loss_without, _ = matching_loss(head, image, text, mask, similarity, torch.eye(3), torch.Generator().manual_seed(0))
-    assert loss_with < loss_without  # the positives' overlap raises their logits; the negatives' entries are 0
-
-
 def test_head_ignores_padded_positions():
     head = _head().eval()
     text, image = torch.randn(3, 6, 12), torch.randn(3, 4, 10)

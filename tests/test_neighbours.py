@@ -1,5 +1,8 @@
 """The caption decoder's retrieval store: lookups, and what a training run leaves in it."""
+import json
+
 import numpy as np
+import pytest
 import torch
 
 import vislang
@@ -42,11 +45,17 @@ def test_training_leaves_a_full_store_of_inference_embeddings(tiny_catalog, tmp_
     from vislang.train import train
     from test_heads import HEADS, ROOT
 
-    out = train(load_config(ROOT / "configs" / "tiny.yaml", HEADS + ["train.epochs=2"]), data=str(tiny_catalog),
-                output=tmp_path / "run")
+    out = train(load_config(ROOT / "configs" / "tiny.yaml", HEADS + ["train.epochs=2", "model.decoder.copy=true",
+                                                                     "model.matching.neighbour_overlap=true"]),
+                data=str(tiny_catalog), output=tmp_path / "run")
     model = vislang.load(out, device="cpu")
     store = model.model.neighbours
     assert store is not None and bool(store.filled.all())
+    # the matching head's overlap weight was fitted on val after training, and the checkpoint has it
+    fitted = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fitted = [row for row in fitted if row.get("event") == "fit_overlap_weights"]
+    assert len(fitted) == 1 and fitted[0]["val_rerank_r1_fitted"] >= fitted[0]["val_rerank_r1_head"]
+    assert model.model.matching.overlap_weights.tolist() == pytest.approx([fitted[0]["overlap_weight"] / 2] * 2)
     from vislang.data import read_catalog
     train_items = read_catalog(tiny_catalog).select("train")
     assert len(train_items) == len(store.embeddings)

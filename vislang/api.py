@@ -58,23 +58,37 @@ class VisLang:
         if getattr(self.model, head) is None:
             raise MissingHeadError(f"this model has no {head} head: train it with model.{config_key}.enabled=true")
 
-    @torch.inference_mode()
     def match(self, images: Sequence[ImageLike], texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """[N] probability that images[i] matches texts[i], from the matching head."""
+        logits, overlap = self.match_parts(images, texts, batch_size)
+        if overlap is not None:
+            logits = logits + overlap @ self.model.matching.overlap_weights.cpu().numpy()
+        return torch.sigmoid(torch.from_numpy(logits)).numpy()
+
+    @torch.inference_mode()
+    def match_parts(self, images: Sequence[ImageLike], texts: Sequence[str],
+                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """The matching head's logits [N] without its neighbour-overlap term, and that overlap [N, k]
+        (None when the head reads none): what `match` combines, and what fitting its weights needs."""
         self._require("matching", "matching")
         if len(images) != len(texts):
             raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
-        out = [np.zeros(0, np.float32)]
+        logits, overlaps = [np.zeros(0, np.float32)], []
         for start in range(0, len(texts), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
-            logits = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled)).sum(-1)
+            similarity = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled)).sum(-1)
+            logits.append(self.model.matching(text_tokens, mask, memory, similarity).float().cpu().numpy())
             overlap = self.model.neighbour_overlap(image_emb, ids)
-            overlap = None if overlap is None else overlap.diagonal().t()  # pair i is (image i, text i)
-            out.append(torch.sigmoid(self.model.matching(text_tokens, mask, memory, logits, overlap)).float().cpu().numpy())
-        return np.concatenate(out)
+            if overlap is not None:
+                overlaps.append(overlap.diagonal().t().float().cpu().numpy())  # pair i is (image i, text i)
+        return np.concatenate(logits), (np.concatenate(overlaps) if overlaps else None)
+
+    def set_overlap_weights(self, weights: np.ndarray) -> None:
+        """Set the matching head's neighbour-overlap weights ([k]; see eval/reranking.py)."""
+        self.model.matching.overlap_weights.copy_(torch.as_tensor(weights))
 
     @torch.inference_mode()
     def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32) -> list[str]:

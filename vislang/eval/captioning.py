@@ -1,4 +1,4 @@
-"""Caption quality (BLEU-4, CIDEr via pycocoevalcap) and matching-head re-ranking, on a catalog split.
+"""Caption quality (BLEU-4, CIDEr via pycocoevalcap) on a catalog split.
 
 Captions are scored against the product's catalog caption and its description when it has one.
 The baseline a generated caption must beat is retrieval: caption each test photo with the catalog
@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import ImageCache, _same_caption_truth, image_embeddings, recall_at_k
+from .retrieval import ImageCache, image_embeddings
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -65,24 +65,3 @@ def names_type_share(captions: Sequence[str], items: Sequence[Item]) -> float:
         type_words = {w for w in _words(item.meta.get("type") or "").split() if len(w) >= 3 and not w.isdigit()}
         hits += bool(type_words & set(_words(caption).split()))
     return hits / max(1, len(captions))
-
-
-def evaluate_reranking(
-    model, catalog: Catalog, split: str = "test", top: int = 20, cache: ImageCache | None = None
-) -> dict[str, float]:
-    """Product text->image R@1 from the contrastive ranking, and after the matching head re-scores its top `top`."""
-    products = catalog.select(split, "product")
-    images = image_embeddings(model, products, {} if cache is None else cache)
-    captions = [item.caption for item in products]
-    scores = model.encode_texts(captions) @ images.T
-    truth = _same_caption_truth(products)
-    shortlist = np.argsort(-scores, axis=1, kind="stable")[:, :top]
-    reranked = scores.copy()
-    pairs = [(q, g) for q in range(len(products)) for g in shortlist[q]]
-    probabilities = model.match([products[g].image for _, g in pairs], [captions[q] for q, _ in pairs])
-    for (q, g), p in zip(pairs, probabilities):
-        reranked[q, g] = 10.0 + p  # every shortlisted item ranks above the rest, in head order
-    return {
-        "product_text2image_r1_contrastive": recall_at_k(scores, truth, (1,))[1],
-        f"product_text2image_r1_rerank{top}": recall_at_k(reranked, truth, (1,))[1],
-    }

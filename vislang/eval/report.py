@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..data.catalog import Catalog
-from .captioning import evaluate_captions, evaluate_reranking
+from .captioning import evaluate_captions
+from .reranking import evaluate_reranking
 from .retrieval import ImageCache, chance_levels, evaluate
 
 

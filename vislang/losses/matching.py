@@ -81,7 +81,6 @@ def matching_loss(
     generator: torch.Generator | None = None,
     rows: torch.Tensor | None = None,
     use_similarity: bool = False,
-    overlap: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Binary cross-entropy of `head` on the diagonal pairs (label 1) and the hard negatives (label 0).
 
@@ -89,9 +88,8 @@ def matching_loss(
     `sample_hard_negatives`. `rows` (default: all) picks the images and texts whose positive pair
     and negatives are scored; negatives are still drawn from the whole batch. Rows without a
     negative are skipped. `use_similarity` hands the head each pair's similarity to correct rather
-    than replace; `overlap` [B, B, k] (image i, text j) is handed over the same way. All pairs go
-    through the head in one call; the loss is the mean over pairs. The dict holds float
-    statistics for logging.
+    than replace. All pairs go through the head in one call; the loss is the mean over
+    pairs. The dict holds float statistics for logging.
     """
     if text_tokens.shape[0] != image_tokens.shape[0] or similarity.shape[0] != image_tokens.shape[0]:
         raise ValueError("image_tokens, text_tokens and similarity must share the batch size")
@@ -109,8 +107,7 @@ def matching_loss(
 
     length = int(text_mask[text_index].sum(dim=1).max())  # the batch is padded for its longest text
     logits = head(text_tokens[text_index, :length], text_mask[text_index, :length], image_tokens[image_index],
-                  similarity.to(device)[image_index, text_index] if use_similarity else None,
-                  None if overlap is None else overlap.to(device)[image_index, text_index])
+                  similarity.to(device)[image_index, text_index] if use_similarity else None)
     loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
 
     with torch.no_grad():

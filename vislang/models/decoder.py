@@ -11,7 +11,7 @@ state, which is what beam search needs. Decoding loops live in `generate.py`.
 
 With `copy=True` (pointer-generator, See et al. 2017) the decoder may also copy a token of its
 memory: `copy_ids` [B, N] names the vocabulary id each memory position stands for (pad_id: an
-image token, nothing to copy). A pointer attention over those positions and a gate mix the
+image token, nothing to copy; BOS is never copied). A pointer attention over those positions and a gate mix the
 copy distribution into the vocabulary softmax, and the decoder returns log-probabilities
 instead of logits; both normalise the same under log_softmax, so the loss and every decoding
 mode use either unchanged. It is what lets a small decoder write a retrieved product name
@@ -149,14 +149,25 @@ class _Pointer(nn.Module):
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
         self.gate = nn.Linear(width, 1)
+        # A name is several word pieces ("mel", "##odi"): once one is copied, the piece after it in
+        # the same caption should follow, not a piece of another neighbour's name ("mel" + "##irvel").
+        # This score bonus for "the memory token whose predecessor is the token just written"
+        # starts as that prior and is learned from there.
+        self.continue_bonus = nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, hidden: Tensor, logits: Tensor, keys: Tensor, copy_ids: Tensor, pad_id: int) -> Tensor:
-        """Log-probabilities [B, T, V]: gate * softmax(logits) + (1 - gate) * attention mass per memory id."""
+    def forward(self, hidden: Tensor, logits: Tensor, input_ids: Tensor, keys: Tensor, copy_ids: Tensor,
+                special: tuple[int, int]) -> Tensor:
+        """Log-probabilities [B, T, V]: gate * softmax(logits) + (1 - gate) * attention mass per memory id.
+
+        input_ids [B, T] are the tokens just written at each position; special is (pad_id, bos_id),
+        never copied."""
         # a sum of probabilities: kept out of half precision
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         hidden, logits = hidden.to(dtype), logits.to(dtype)
         scores = self.query(hidden) @ keys.to(dtype).transpose(1, 2) / math.sqrt(hidden.shape[-1])
-        copyable = (copy_ids != pad_id)[:, None, :]
+        previous = torch.cat([torch.full_like(copy_ids[:, :1], special[0]), copy_ids[:, :-1]], dim=1)
+        scores = scores + self.continue_bonus * (previous[:, None, :] == input_ids[:, :, None]).to(dtype)
+        copyable = ((copy_ids != special[0]) & (copy_ids != special[1]))[:, None, :]
         attention = scores.masked_fill(~copyable, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
         index = copy_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         copied = torch.zeros_like(logits).scatter_add_(2, index, attention)
@@ -241,7 +252,7 @@ class CaptionDecoder(nn.Module):
         hidden = self.norm(x)
         logits = F.linear(hidden, self.token_embed.weight)
         if memory.copy_ids is not None:
-            logits = self.pointer(hidden, logits, memory.copy_keys, memory.copy_ids, self.pad_id)
+            logits = self.pointer(hidden, logits, input_ids, memory.copy_keys, memory.copy_ids, (self.pad_id, self.bos_id))
         return logits, KVCache(tuple(keys), tuple(values))
 
     def forward(self, input_ids: Tensor, image_tokens: Tensor, copy_ids: Tensor | None = None) -> Tensor:

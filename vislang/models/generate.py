@@ -106,6 +106,7 @@ def _beam_search(
     num_beams: int,
     length_penalty: float,
     use_cache: bool,
+    returned: int = 1,
 ) -> list[list[int]]:
     b, k, device = image_tokens.shape[0], num_beams, image_tokens.device
     if k > decoder.vocab_size:
@@ -143,8 +144,8 @@ def _beam_search(
         if finished.all():
             break
     final = scores / lengths.view(b, k).clamp(min=1).to(scores.dtype) ** length_penalty
-    best = rows_base.squeeze(1) + final.argmax(dim=1)
-    return _strip(ids[best, 1:], decoder.eos_id)
+    ranked = rows_base + final.argsort(dim=1, descending=True, stable=True)[:, :returned]
+    return _strip(ids[ranked.reshape(-1), 1:], decoder.eos_id)
 
 
 @torch.inference_mode()
@@ -161,8 +162,12 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     length_penalty: float = 1.0,
+    num_return_sequences: int = 1,
 ) -> list[list[int]]:
     """Captions for image tokens [B, N, C]: per image, the generated ids without BOS, cut before EOS.
+
+    Beam search can return each image's `num_return_sequences` best hypotheses, best first, image
+    after image (B * n rows).
 
     copy_ids [B, N]: what each memory token may be copied as, for a decoder built with copy=True.
 
@@ -175,6 +180,8 @@ def generate(
     """
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if not 1 <= num_return_sequences <= num_beams:
+        raise ValueError(f"num_return_sequences must be between 1 and num_beams ({num_beams}), got {num_return_sequences}")
     if do_sample and num_beams > 1:
         raise ValueError("nucleus sampling with beam search is not supported: use num_beams=1 with do_sample=True")
     if do_sample and not 0.0 < top_p <= 1.0:
@@ -183,12 +190,13 @@ def generate(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     max_length = min(max_length, decoder.max_length)
     if max_length < 1 or image_tokens.shape[0] == 0:
-        return [[] for _ in range(image_tokens.shape[0])]
+        return [[] for _ in range(image_tokens.shape[0] * num_return_sequences)]
     was_training = decoder.training
     decoder.eval()
     try:
         if num_beams > 1:
-            return _beam_search(decoder, image_tokens, copy_ids, max_length, num_beams, length_penalty, use_cache)
+            return _beam_search(decoder, image_tokens, copy_ids, max_length, num_beams, length_penalty, use_cache,
+                                num_return_sequences)
         return _greedy_or_sample(
             decoder, image_tokens, copy_ids, max_length, do_sample, top_p, temperature, use_cache, generator
         )

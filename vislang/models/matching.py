@@ -6,10 +6,11 @@ image tokens, and an MLP. The pooled text state goes through Linear(width, 1). W
 contrastive logit (temperature-scaled cosine similarity) is given, it is added with a learned
 weight: the head then learns a correction to the contrastive score, which is what re-ranking
 the contrastive top hits needs, instead of relearning the whole score from a few coarse image
-tokens. With `overlap_ranks` k > 0 the head also takes, per pair, the share of the text's tokens
-found in the captions of the image's 1..k nearest training images (`CaptionNeighbours.overlap`),
-each with a learned weight: the product name a query starts with is in no photo, but it is in
-the captions of the photo's look-alikes when they are of the same family.
+tokens. With `overlap_ranks` k > 0 the head also holds `overlap_weights` [k]: how much the share
+of the text's tokens found in the captions of the image's 1..k nearest training images
+(`CaptionNeighbours.overlap`) adds to its logit (`VisLang.match`). The product name a query starts
+with is in no photo, but it is in the captions of the photo's look-alikes when they are of the same
+family. The weights are fitted on val after training, not learned (eval/reranking.py says why).
 
 Pooling is the masked mean over real text tokens, not the first position. The text towers do
 not agree on what sits at position 0: an HF encoder puts [CLS] there, but the open_clip text
@@ -71,14 +72,12 @@ class MatchingHead(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, 1)
         self.similarity_weight = nn.Parameter(torch.tensor(1.0))
-        self.overlap_weight = nn.Linear(overlap_ranks, 1, bias=False) if overlap_ranks else None
-        if self.overlap_weight is not None:
-            nn.init.zeros_(self.overlap_weight.weight)
+        self.register_buffer("overlap_weights", torch.zeros(overlap_ranks) if overlap_ranks else None)
 
     def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor,
-                similarity: torch.Tensor | None = None, overlap: torch.Tensor | None = None) -> torch.Tensor:
+                similarity: torch.Tensor | None = None) -> torch.Tensor:
         """text_tokens [B, L, Ct], text_mask [B, L] (1 = real), image_tokens [B, N, Ci], optional
-        contrastive logit of each pair [B] and neighbour-caption overlap [B, k] -> logits [B]."""
+        contrastive logit of each pair [B] -> logits [B]."""
         if text_tokens.shape[:2] != text_mask.shape or text_tokens.shape[0] != image_tokens.shape[0]:
             raise ValueError(
                 f"shape mismatch: text_tokens {tuple(text_tokens.shape)}, text_mask {tuple(text_mask.shape)}, "
@@ -98,6 +97,4 @@ class MatchingHead(nn.Module):
         logits = self.classifier(pooled).squeeze(-1)
         if similarity is not None:
             logits = logits + self.similarity_weight * similarity.to(logits.dtype)
-        if overlap is not None and self.overlap_weight is not None:
-            logits = logits + self.overlap_weight(overlap.to(logits.dtype)).squeeze(-1)
         return logits

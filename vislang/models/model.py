@@ -112,7 +112,7 @@ class VisLangModel(nn.Module):
                           exclude: torch.Tensor | None = None) -> torch.Tensor | None:
         """[B_images, B_texts, k] overlap of texts (tokenizer ids) with the images' neighbours' captions,
         for a matching head that reads it; else None."""
-        if self.matching is None or self.matching.overlap_weight is None:
+        if self.matching is None or self.matching.overlap_weights is None:
             return None
         ignore = torch.tensor([self.decoder.pad_id, self.decoder.bos_id, self.decoder.eos_id], device=text_ids.device)
         return self.neighbours.overlap(image_emb, self.caption_vocab.to_decoder(text_ids), ignore, exclude)

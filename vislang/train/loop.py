@@ -23,6 +23,7 @@ from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
 from ..data.pixels import augment, build_image_bank, resized
 from ..eval import evaluate
+from ..eval.reranking import fit_overlap_weights
 from ..models import create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
 from . import distributed
@@ -162,6 +163,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     if model.neighbours is not None:
         _refresh_neighbours(model, bank, image_size, device, memory_format)
         last_saved = -1  # the final checkpoint must carry the refreshed store
+    if model.matching is not None and model.matching.overlap_weights is not None:
+        _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
+        last_saved = -1
     if step != last_saved:
         checkpoint()
     _log_eval(model, tokenizer, config, device, catalog, logger, step, ranks)  # ends when every rank is there
@@ -181,6 +185,20 @@ def _refresh_neighbours(model, bank, image_size: int, device, memory_format) -> 
         pixels = resized(bank, rows, image_size).to(device, memory_format=memory_format)
         model.neighbours.remember(torch.arange(rows.start, rows.stop, device=device), model.encode_image(pixels))
     model.train()
+
+
+def _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step: int) -> None:
+    """The matching head's neighbour-overlap weights, chosen on val (eval/reranking.py says why).
+
+    Every rank fits the same weights from the same model, so the ranks stay identical."""
+    model.eval()
+    fitted = fit_overlap_weights(VisLang(model, tokenizer, config, device), catalog, "val")
+    model.train()
+    if fitted:
+        logger.log(step, event="fit_overlap_weights", split="val", **fitted)
+        print("matching head overlap weights fitted on val: " + ", ".join(f"{k}={v:.3f}" for k, v in fitted.items()))
+    else:
+        print("no val products to fit the matching head's overlap weights on: they stay as trained")
 
 
 def _log_eval(model, tokenizer, config, device, catalog, logger, step: int, ranks: Ranks) -> None:

@@ -152,17 +152,16 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
     text_mask = text_mask.long()
     share = slice(ranks.rank, None, ranks.world)
     memory = model.head_memory(image_tokens, summary_emb)
-    items = torch.tensor(batch.items, device=device)
     if model.matching is not None:
         logits = (model.logit_scale.exp() * image_emb @ text_emb.t()).detach()
         rows = torch.randperm(len(batch.items), generator=generator)[: tcfg["matching_batch"] or None]
-        overlap = model.neighbour_overlap(image_emb.detach(), tokenizer(batch.texts)[0].to(device), exclude=items)
         losses["loss_matching"], _ = matching_loss(model.matching, memory, text_tokens, text_mask, logits,
                                                    batch.positives.to(device), generator, rows[share],
-                                                   use_similarity=True, overlap=overlap)
+                                                   use_similarity=True)
     if model.decoder is not None:
         rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share].to(device)
         ids, _ = tokenizer([captions[batch.items[i]] for i in rows.tolist()])
+        items = torch.tensor(batch.items, device=device)
         caption_memory, copy_ids = model.decoder_memory(memory[rows], image_emb.detach()[rows], exclude=items[rows])
         losses["loss_caption"] = model.caption_loss(caption_memory, ids.to(device), copy_ids)
         if model.neighbours is not None:  # after the lookup: this batch's images are not their own neighbours
