@@ -45,6 +45,12 @@ def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):
     captions = model.caption([grey, rgba_path], max_length=8, num_beams=2)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     assert captions == model.caption([grey, rgba_path], max_length=8, num_beams=2)  # deterministic
+    # the matching head picks among each image's beam hypotheses; without it, the decoder's best
+    hypotheses = model._hypotheses([grey, rgba_path], 8, 3, 3, 32)
+    picked = model.caption([grey, rgba_path], max_length=8, num_beams=3)
+    scores = model.match([grey] * 3 + [rgba_path] * 3, [h or " " for h in hypotheses]).reshape(2, 3)
+    assert picked == [hypotheses[3 * i + int(np.argmax(scores[i]))] for i in range(2)]
+    assert model.caption([grey, rgba_path], max_length=8, num_beams=3, rerank=False) == hypotheses[::3]
     probabilities = model.match([grey, rgba_path], ["a grey chair", "a red lamp"])
     assert probabilities.shape == (2,) and ((probabilities >= 0) & (probabilities <= 1)).all()
     with pytest.raises(ValueError, match="as many images as texts"):

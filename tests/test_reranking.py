@@ -64,6 +64,7 @@ def test_fitting_picks_the_smallest_weight_that_fixes_the_ranking_and_sets_it():
     assert fitted == {"val_rerank_r1_head": 0.25, "val_rerank_r1_fitted": 1.0, "overlap_weight": 2.0}
     assert model.model.matching.overlap_weights.tolist() == [1.0, 1.0]  # the mean of the two overlaps, times 2
     assert evaluate_reranking(model, catalog, "val", top=3)["product_text2image_r1_rerank3"] == 1.0
+    assert evaluate_reranking(model, catalog, "val")["product_text2image_r1_rerank20"] == 1.0  # top > products
 
 
 def test_nothing_to_fit_without_an_overlap_head_or_products():

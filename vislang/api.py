@@ -90,16 +90,34 @@ class VisLang:
         """Set the matching head's neighbour-overlap weights ([k]; see eval/reranking.py)."""
         self.model.matching.overlap_weights.copy_(torch.as_tensor(weights))
 
-    @torch.inference_mode()
-    def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32) -> list[str]:
-        """A short description of each image, from the caption decoder (beam search; 1 beam is greedy)."""
+    def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32,
+                rerank: bool = True) -> list[str]:
+        """A short description of each image, from the caption decoder (beam search; 1 beam is greedy).
+
+        With `rerank` and a matching head, the head picks among each image's `num_beams` final
+        hypotheses rather than taking the decoder's best (on val, 3 beams: BLEU-4 0.157 -> 0.185,
+        CIDEr 0.743 -> 0.862; docs/RESULTS.md)."""
         self._require("decoder", "decoder")
+        returned = num_beams if rerank and self.model.matching is not None else 1
+        hypotheses = self._hypotheses(images, max_length, num_beams, returned, batch_size)
+        if returned == 1:
+            return hypotheses
+        pairs = [(item, text) for item, start in zip(images, range(0, len(hypotheses), returned))
+                 for text in hypotheses[start : start + returned]]
+        scores = self.match([item for item, _ in pairs], [text or " " for _, text in pairs]).reshape(-1, returned)
+        return [hypotheses[row * returned + int(np.argmax(row_scores))] for row, row_scores in enumerate(scores)]
+
+    @torch.inference_mode()
+    def _hypotheses(self, images: Sequence[ImageLike], max_length: int, num_beams: int, returned: int,
+                    batch_size: int) -> list[str]:
+        """Each image's `returned` best beam-search captions, best first, image after image."""
         captions: list[str] = []
         for start in range(0, len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
             memory, copy_ids = self.model.decoder_memory(memory, image_emb)
-            for ids in generate(self.model.decoder, memory, copy_ids, max_length=max_length, num_beams=num_beams):
+            for ids in generate(self.model.decoder, memory, copy_ids, max_length=max_length, num_beams=num_beams,
+                                num_return_sequences=returned):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions
 

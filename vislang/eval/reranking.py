@@ -26,11 +26,15 @@ def _shortlist(model, products: list[Item], top: int, cache: ImageCache | None):
     return scores, _same_caption_truth(products), np.argsort(-scores, axis=1, kind="stable")[:, :top]
 
 
+def _pairs(products: list[Item], shortlist: np.ndarray) -> tuple[list, list[str]]:
+    """(image, query caption) of every shortlisted pair, query after query."""
+    queries = np.repeat(np.arange(len(products)), shortlist.shape[1])  # a small split has fewer than `top`
+    return [products[g].image for g in shortlist.reshape(-1)], [products[q].caption for q in queries]
+
+
 def _shortlist_logits(model, products: list[Item], shortlist: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The head's logits [Q, top] without the overlap term, and the overlap [Q, top, k] (or None)."""
-    queries = np.repeat(np.arange(len(products)), shortlist.shape[1])
-    logits, overlap = model.match_parts([products[g].image for g in shortlist.reshape(-1)],
-                                        [products[q].caption for q in queries])
+    logits, overlap = model.match_parts(*_pairs(products, shortlist))
     shape = shortlist.shape
     return logits.reshape(shape), None if overlap is None else overlap.reshape(*shape, -1)
 
@@ -46,8 +50,7 @@ def evaluate_reranking(
     """Product text->image R@1 from the contrastive ranking, and after the matching head re-scores its top `top`."""
     products = catalog.select(split, "product")
     scores, truth, shortlist = _shortlist(model, products, top, cache)
-    probabilities = model.match([products[g].image for g in shortlist.reshape(-1)],
-                                [products[q].caption for q in np.repeat(np.arange(len(products)), top)])
+    probabilities = model.match(*_pairs(products, shortlist))
     return {
         "product_text2image_r1_contrastive": recall_at_k(scores, truth, (1,))[1],
         f"product_text2image_r1_rerank{top}": _top1_recall(shortlist, probabilities.reshape(shortlist.shape), truth),
