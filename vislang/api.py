@@ -102,9 +102,8 @@ class VisLang:
         hypotheses = self._hypotheses(images, max_length, num_beams, returned, batch_size)
         if returned == 1:
             return hypotheses
-        pairs = [(item, text) for item, start in zip(images, range(0, len(hypotheses), returned))
-                 for text in hypotheses[start : start + returned]]
-        scores = self.match([item for item, _ in pairs], [text or " " for _, text in pairs]).reshape(-1, returned)
+        repeated = [item for item in images for _ in range(returned)]  # hypotheses come image after image
+        scores = self.match(repeated, [text or " " for text in hypotheses]).reshape(-1, returned)
         return [hypotheses[row * returned + int(np.argmax(row_scores))] for row, row_scores in enumerate(scores)]
 
     @torch.inference_mode()

@@ -11,9 +11,9 @@ state, which is what beam search needs. Decoding loops live in `generate.py`.
 
 With `copy=True` (pointer-generator, See et al. 2017) the decoder may also copy a token of its
 memory: `copy_ids` [B, N] names the vocabulary id each memory position stands for (pad_id: an
-image token, nothing to copy; BOS is never copied). A pointer attention over those positions and a gate mix the
-copy distribution into the vocabulary softmax, and the decoder returns log-probabilities
-instead of logits; both normalise the same under log_softmax, so the loss and every decoding
+image token, nothing to copy; BOS is never copied). A pointer attention over those positions
+and a gate mix the copy distribution into the vocabulary softmax, and the decoder returns
+log-probabilities instead of logits; both normalise the same under log_softmax, so the loss and every decoding
 mode use either unchanged. It is what lets a small decoder write a retrieved product name
 ("BILLY") in a few hundred steps, where generating it needs the name learned as a class.
 """
@@ -172,11 +172,10 @@ class _Pointer(nn.Module):
         index = copy_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         copied = torch.zeros_like(logits).scatter_add_(2, index, attention)
         gate = self.gate(hidden)
-        generated = F.log_softmax(logits, dim=-1) + F.logsigmoid(gate)
+        generated = F.log_softmax(logits, dim=-1)
+        mixed = torch.logaddexp(generated + F.logsigmoid(gate), torch.log(copied.clamp(min=1e-30)) + F.logsigmoid(-gate))
         # a row with nothing to copy would lose the copy branch's share of the mass: it generates alone
-        nothing = ~copyable.any(dim=-1, keepdim=True)
-        mixed = torch.logaddexp(generated, torch.log(copied.clamp(min=1e-30)) + F.logsigmoid(-gate))
-        return torch.where(nothing, F.log_softmax(logits, dim=-1), mixed)
+        return torch.where(~copyable.any(dim=-1, keepdim=True), generated, mixed)
 
 
 class CaptionDecoder(nn.Module):

@@ -108,14 +108,13 @@ class VisLangModel(nn.Module):
         image_ids = torch.full(memory.shape[:2], self.decoder.pad_id, dtype=ids.dtype, device=ids.device)
         return torch.cat([memory, tokens.to(memory.dtype)], dim=1), torch.cat([image_ids, ids], dim=1)
 
-    def neighbour_overlap(self, image_emb: torch.Tensor, text_ids: torch.Tensor,
-                          exclude: torch.Tensor | None = None) -> torch.Tensor | None:
+    def neighbour_overlap(self, image_emb: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor | None:
         """[B_images, B_texts, k] overlap of texts (tokenizer ids) with the images' neighbours' captions,
         for a matching head that reads it; else None."""
         if self.matching is None or self.matching.overlap_weights is None:
             return None
         ignore = torch.tensor([self.decoder.pad_id, self.decoder.bos_id, self.decoder.eos_id], device=text_ids.device)
-        return self.neighbours.overlap(image_emb, self.caption_vocab.to_decoder(text_ids), ignore, exclude)
+        return self.neighbours.overlap(image_emb, self.caption_vocab.to_decoder(text_ids), ignore)
 
     def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by objective: each head's own, and the rest (towers, projections, temperature)."""

@@ -66,13 +66,13 @@ class CaptionNeighbours(nn.Module):
         return self.norm(tokens).flatten(1, 2), ids.flatten(1, 2)
 
     @torch.no_grad()
-    def overlap(self, embeddings: Tensor, query_ids: Tensor, ignore: Tensor, exclude: Tensor | None = None) -> Tensor:
+    def overlap(self, embeddings: Tensor, query_ids: Tensor, ignore: Tensor) -> Tensor:
         """[B_images, B_texts, k]: entry r is the share of a query's tokens found in the captions of
         the image's r + 1 nearest neighbours.
 
         query_ids [B_texts, L] are decoder ids; ids in `ignore` (pad, BOS, EOS) are not counted.
         """
-        ids = self.ids[self.nearest(embeddings, exclude)]  # [B_i, k, T]
+        ids = self.ids[self.nearest(embeddings)]  # [B_i, k, T]
         vocab = self.token.num_embeddings
         present = torch.zeros(*ids.shape[:2], vocab, device=ids.device).scatter_(2, ids, 1.0)
         present = present.cummax(dim=1).values  # found in any of the first r + 1 neighbours

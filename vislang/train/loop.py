@@ -198,7 +198,7 @@ def _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step
         logger.log(step, event="fit_overlap_weights", split="val", **fitted)
         print("matching head overlap weights fitted on val: " + ", ".join(f"{k}={v:.3f}" for k, v in fitted.items()))
     else:
-        print("no val products to fit the matching head's overlap weights on: they stay as trained")
+        print("no val products to fit the matching head's overlap weights on: they stay 0 (the head alone re-ranks)")
 
 
 def _log_eval(model, tokenizer, config, device, catalog, logger, step: int, ranks: Ranks) -> None:
