@@ -57,3 +57,36 @@ def test_evaluate_scores_a_perfect_encoder_perfectly(tmp_path):
     assert metrics["room_category_zeroshot_acc"] == 1.0
     assert metrics["room2products_r50"] == 1.0  # 5 products: every one is in the top 50
     assert chance_levels(catalog, "test")["room_title2image_r5"] == 1.0  # 5 picks out of 2 rooms
+
+
+class _CaptionOnlyLinkEncoder:
+    """A room whose product's photo looks unlike it while 55 other photos look a little like it;
+    the product's caption, though, reads like the room."""
+
+    def __init__(self, catalog):
+        self.by_image = {item.image: item for item in catalog}
+
+    def encode_images(self, items, batch_size=64):
+        rows = []
+        for path in items:
+            item = self.by_image[path]
+            if item.kind == "room":
+                rows.append([1.0, 0.0, 0.0])
+            elif item.id == "target":
+                rows.append([0.0, 1.0, 0.0])
+            else:
+                rows.append([0.1, 0.0, 0.995])
+        return np.asarray(rows, np.float32)
+
+    def encode_texts(self, texts, batch_size=256):
+        return np.asarray([[1.0, 0.0, 0.0] if t == "Target Sofa, Grey" else [0.0, 0.0, 1.0] for t in texts], np.float32)
+
+
+def test_room_to_products_scores_a_product_by_its_photo_and_its_caption(tmp_path):
+    items = [Item(f"d{i}", "product", tmp_path / f"d{i}.jpg", (f"D{i} Lamp, White",), "train") for i in range(55)]
+    items.append(Item("target", "product", tmp_path / "t.jpg", ("Target Sofa, Grey",), "train"))
+    items.append(Item("r", "room", tmp_path / "r.jpg", ("a living room",), "test", ("target",), {"category": "Living room"}))
+    catalog = Catalog(items, tmp_path)
+    metrics = evaluate(_CaptionOnlyLinkEncoder(catalog), catalog, "test")
+    assert metrics["room2product_photos_r50"] == 0.0  # 55 photos score above the product's photo
+    assert metrics["room2products_r50"] == 1.0  # its caption lifts it to the top

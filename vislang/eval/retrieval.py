@@ -1,8 +1,9 @@
 """Retrieval metrics on a catalog split, for any encoder with encode_images / encode_texts.
 
 Product queries are catalog captions; products that share a caption are indistinguishable by
-it, so any of them counts as a hit. Room photo -> products searches every product image and
-scores the share of the room's listed products found in the top K.
+it, so any of them counts as a hit. Room photo -> products searches every product and
+scores the share of the room's listed products found in the top K, each product scored by its
+photo and its catalog caption.
 """
 from __future__ import annotations
 
@@ -80,15 +81,24 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
+    """Room photo -> products R@50 over every product of the catalog.
+
+    A product is its photo and its catalog caption, as training pairs them: its score is the
+    room's similarity to the photo plus its similarity to the caption (training makes a room a
+    positive for the texts of the products it shows). `room2product_photos_r50` scores the photo
+    alone."""
     gallery = catalog.select(None, "product")
     position = {item.id: i for i, item in enumerate(gallery)}
     with_truth = [(r, {position[p] for p in room.links if p in position}) for r, room in enumerate(rooms)]
     with_truth = [(r, truth) for r, truth in with_truth if truth]
     if not gallery or not with_truth:
         return {}
-    product_images = image_embeddings(encoder, gallery, cache)
     queries = room_images[[r for r, _ in with_truth]]
-    return {"room2products_r50": coverage_at_k(queries @ product_images.T, [t for _, t in with_truth], 50)}
+    photos = queries @ image_embeddings(encoder, gallery, cache).T
+    captions = queries @ encoder.encode_texts([item.caption for item in gallery]).T
+    truth = [t for _, t in with_truth]
+    return {"room2products_r50": coverage_at_k(photos + captions, truth, 50),
+            "room2product_photos_r50": coverage_at_k(photos, truth, 50)}
 
 
 def _room_zero_shot(encoder, catalog, rooms, room_images) -> dict[str, float]:
@@ -110,7 +120,8 @@ def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
         out["product_text2image_r10"] = float(np.mean([min(1.0, 1 - _miss(len(products), s, 10)) for s in sizes]))
     if rooms:
         out["room_title2image_r5"] = min(1.0, 5 / len(rooms))
-        out["room2products_r50"] = min(1.0, 50 / max(1, len(catalog.select(None, "product"))))
+        every_product = len(catalog.select(None, "product"))
+        out["room2products_r50"] = out["room2product_photos_r50"] = min(1.0, 50 / max(1, every_product))
     return out
 
 
