@@ -37,6 +37,25 @@ def test_frozen_text_tower_has_no_trainable_weights():
     assert not model.text_tower.training  # dropout stays off, so cached text features are exact
 
 
+def test_lexical_channel_starts_neutral_and_learns_only_the_tokens_it_reads():
+    torch.manual_seed(0)
+    plain, tokenizer = create_model(_model_cfg())
+    lexical, _ = create_model(_model_cfg("model.lexical=true"))
+    lexical.load_state_dict(plain.state_dict(), strict=False)
+    ids, mask = tokenizer(["HEMNES bed, white", "MALM bed, white"])
+    assert torch.equal(lexical.encode_text(ids, mask), plain.encode_text(ids, mask))  # zero at the start
+
+    # One step pulling each text towards a different target separates the two names.
+    targets = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    optimizer = torch.optim.SGD([lexical.lexical.weight], lr=10.0)
+    (-(lexical.encode_text(ids, mask) * targets).sum()).backward()
+    optimizer.step()
+    moved = lexical.lexical.weight.abs().sum(-1).nonzero().flatten()
+    assert set(moved.tolist()) == set(ids[mask.bool()].tolist())  # only tokens of the texts
+    after = lexical.encode_text(ids, mask)
+    assert ((after * targets).sum(-1) > (plain.encode_text(ids, mask) * targets).sum(-1)).all()
+
+
 def test_colour_histogram_joins_the_image_features():
     model, _ = create_model(_model_cfg("model.image.color_bins=3"))
     assert model.image_proj[0].in_features == model.image_tower.width + 27

@@ -79,7 +79,7 @@ class VisLang:
             memory, image_emb = self.model.image_memory(pixels)
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
-            similarity = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled)).sum(-1)
+            similarity = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled, ids, mask)).sum(-1)
             logits.append(self.model.matching(text_tokens, mask, memory, similarity).float().cpu().numpy())
             overlap = self.model.neighbour_overlap(image_emb, ids)
             if overlap is not None:

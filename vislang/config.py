@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
             "kwargs": {},
         },
         "head": "mlp",  # projection heads: linear | mlp
+        # A trainable embedding per tokenizer id, whose mean over a text's tokens is added to its
+        # projected embedding: it can learn what a product name (HEMNES, MALM) looks like, which a
+        # frozen sentence encoder's features hardly tell apart (models/model.py).
+        "lexical": False,
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
         # neighbour_overlap: it also weighs how much of the text the captions of the image's nearest
         # training images contain (needs decoder.neighbours; models/neighbours.py).

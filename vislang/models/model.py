@@ -41,6 +41,10 @@ class VisLangModel(nn.Module):
         image_width = self.image_tower.width + (self.color.width if self.color else 0)
         self.image_proj = projection(image_width, cfg["embed_dim"], cfg["head"])
         self.text_proj = projection(self.text_tower.width, cfg["embed_dim"], cfg["head"])
+        # Zero at the start: training begins from the text tower's own embedding.
+        self.lexical = nn.Embedding(special_ids["vocab_size"], cfg["embed_dim"]) if cfg["lexical"] else None
+        if self.lexical is not None:
+            nn.init.zeros_(self.lexical.weight)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
         self.matching = self.decoder = self.caption_vocab = self.summary = self.neighbours = None
         if cfg["matching"]["enabled"] or cfg["decoder"]["enabled"]:
@@ -137,11 +141,17 @@ class VisLangModel(nn.Module):
         _, pooled = self.text_tower(input_ids, attention_mask)
         return pooled
 
-    def project_text(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(features), dim=-1)
+    def project_text(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text embedding [B, D] from the tower's pooled features and the text's tokenizer ids."""
+        projected = self.text_proj(features)
+        if self.lexical is not None:
+            weights = attention_mask.unsqueeze(-1).to(projected.dtype)
+            bag = (self.lexical(input_ids) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            projected = projected + bag.to(projected.dtype)
+        return F.normalize(projected, dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.project_text(self.text_features(input_ids, attention_mask))
+        return self.project_text(self.text_features(input_ids, attention_mask), input_ids, attention_mask)
 
     def train(self, mode: bool = True) -> "VisLangModel":
         super().train(mode)

@@ -113,12 +113,14 @@ class Features:
 def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: list[str], text_cache: TextCache | None) -> Features:
     """Both towers on some rows (the text tower's features come from the cache when it is frozen)."""
     image_tokens, image_emb = model.image_features(pixels)
+    ids, id_mask = (t.to(pixels.device) for t in tokenizer(texts))
     if text_cache is not None:
         text_tokens, text_mask, text_pooled = _cached_text_batch(text_cache, texts, pixels.device)
     else:
-        ids, text_mask = (t.to(pixels.device) for t in tokenizer(texts))
+        text_mask = id_mask
         text_tokens, text_pooled = model.text_tower(ids, text_mask)
-    return Features(image_tokens, image_emb.float(), text_tokens, text_mask, model.project_text(text_pooled).float())
+    text_emb = model.project_text(text_pooled, ids, id_mask).float()
+    return Features(image_tokens, image_emb.float(), text_tokens, text_mask, text_emb)
 
 
 def contrastive_losses(image_emb: torch.Tensor, text_emb: torch.Tensor, batch, tcfg: dict[str, Any],
