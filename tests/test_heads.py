@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 import vislang
 from vislang.config import load_config
 from vislang.train import train
-from vislang.train.step import make_optimizer
 from vislang.train.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,21 +34,6 @@ def test_three_objectives_are_logged_and_fall(heads_run):
     for key in ("loss_contrastive", "loss_matching", "loss_caption"):
         values = [r[key] for r in records]
         assert len(values) == len(records) and np.mean(values[-5:]) < np.mean(values[:5]), key
-
-
-def test_heads_take_their_own_weight_decay(heads_run):
-    model = vislang.load(heads_run, device="cpu").model
-    tcfg = {**load_config(ROOT / "configs" / "tiny.yaml")["train"], "weight_decay": 0.5}
-    matrices = {"decoder": next(p for p in model.decoder.parameters() if p.ndim == 2),
-                "matching": next(p for p in model.matching.parameters() if p.ndim == 2),
-                "tower": next(p for p in model.image_tower.parameters() if p.ndim == 4)}
-    for heads_decay, expected in ((0.01, 0.01), (None, 0.5)):
-        groups = make_optimizer(model, {**tcfg, "heads_weight_decay": heads_decay}).param_groups
-        decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
-        assert len(decay_of) == sum(len(g["params"]) for g in groups)  # no parameter in two groups
-        assert len(decay_of) == sum(p.requires_grad for p in model.parameters())
-        assert decay_of[id(matrices["decoder"])] == decay_of[id(matrices["matching"])] == expected
-        assert decay_of[id(matrices["tower"])] == 0.5 and decay_of[id(model.logit_scale)] == 0.0
 
 
 def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):

@@ -64,9 +64,6 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1e-3,
         "min_lr_ratio": 0.02,
         "weight_decay": 0.05,
-        # the matching head's and decoder's matrices (null: weight_decay). A decay strong enough
-        # to keep the image tower from memorising its images also holds the heads back.
-        "heads_weight_decay": None,
         "warmup_steps": 50,
         "grad_clip": 1.0,
         "link_weight": 0.0,  # weight of the room photo -> product photos loss (needs data.room_links)

@@ -235,22 +235,17 @@ def forward_backward(
     return {name: value.detach() for name, value in losses.items()}
 
 
-def make_optimizer(model: VisLangModel, tcfg: dict[str, Any]) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP), and
-    `train.heads_weight_decay` (when set) on the matching head's and decoder's matrices.
+def make_optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP).
 
     `train.fused_optimizer` updates every tensor in one kernel per step (CPU and CUDA).
     """
-    heads = {id(p) for part, params in model.parameter_parts().items() if part != "towers" for p in params}
-    heads_decay = tcfg["weight_decay"] if tcfg["heads_weight_decay"] is None else tcfg["heads_weight_decay"]
-    groups: dict[str, tuple[list[torch.nn.Parameter], float]] = {
-        "towers": ([], tcfg["weight_decay"]), "heads": ([], heads_decay), "none": ([], 0.0)}
+    decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            part = "none" if param.ndim < 2 or "logit_scale" in name else "heads" if id(param) in heads else "towers"
-            groups[part][0].append(param)
-    return torch.optim.AdamW([{"params": params, "weight_decay": decay} for params, decay in groups.values() if params],
-                             lr=tcfg["lr"], betas=(0.9, 0.98), fused=bool(tcfg["fused_optimizer"]))
+            (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.98), fused=bool(tcfg["fused_optimizer"]))
 
 
 def speed_up(model: VisLangModel, tcfg: dict[str, Any]) -> torch.memory_format:
