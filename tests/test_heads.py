@@ -74,6 +74,28 @@ def test_heads_on_detached_tokens_leave_the_contrastive_model_unchanged(tiny_cat
         assert torch.equal(tensor, with_heads[name]), name
 
 
+def test_heads_phase_trains_the_heads_after_the_towers_and_leaves_the_towers_alone(tiny_catalog, tmp_path):
+    common = [o for o in HEADS if "enabled" not in o] + ["train.epochs=3", "train.eval_every_epochs=0", "train.lr=3e-3"]
+
+    def run(name: str, *overrides: str) -> dict:
+        out = train(load_config(ROOT / "configs" / "tiny.yaml", common + list(overrides)), data=str(tiny_catalog),
+                    output=tmp_path / name)
+        return load_file(str(out / "model.safetensors"))
+
+    without = run("off", "model.matching.enabled=false", "model.decoder.enabled=false")
+    phased = run("phase", "model.matching.enabled=true", "model.decoder.enabled=true", "train.heads_phase.steps=40",
+                 "train.heads_phase.views=2", "train.heads_phase.warmup_steps=2")
+    for name, tensor in without.items():
+        assert torch.equal(tensor, phased[name]), name
+    records = read_metrics(tmp_path / "phase" / "metrics.jsonl")
+    assert not any("loss_matching" in r or "loss_caption" in r for r in records if "loss" in r)  # not in the main loop
+    phase = [r for r in records if r.get("event") == "heads_phase"]
+    assert len(phase) == 40
+    for key in ("loss_matching", "loss_caption"):
+        values = [r[key] for r in phase]
+        assert np.mean(values[-5:]) < np.mean(values[:5]), key
+
+
 def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):
     no_heads = ["model.matching.enabled=false", "model.decoder.enabled=false"]
     train(load_config(ROOT / "configs" / "tiny.yaml", ["model.image.image_size=32", "train.batch_size=12", *no_heads]),

@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
         # false: the matching and caption losses train only their heads, on the image tokens the
         # contrastive objective shapes (a small budget cannot afford their pull on the tower)
         "heads_train_towers": True,
+        # steps > 0: the heads train after the main loop, on the finished towers' cached features
+        # (train/heads_phase.py), for `steps`, capped by `minutes`, which the main loop leaves them
+        # out of max_minutes; `views`: whole image + random crops cached per training image
+        "heads_phase": {"steps": 0, "minutes": None, "views": 4, "warmup_steps": 50},
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end

@@ -28,6 +28,7 @@ from ..models import create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
 from . import distributed
 from .distributed import Ranks
+from .heads_phase import train_heads
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
@@ -102,7 +103,10 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
 
     steps_per_epoch = len(sampler)
     total_steps = tcfg["epochs"] * steps_per_epoch
+    heads_phase = tcfg["heads_phase"]["steps"] > 0 and (model.matching is not None or model.decoder is not None)
     budget_s = tcfg["max_minutes"] * 60 if tcfg["max_minutes"] else None
+    if budget_s and heads_phase:
+        budget_s -= (tcfg["heads_phase"]["minutes"] or 0) * 60
     start_time = time.time() - elapsed_before
 
     def progress() -> float:
@@ -135,7 +139,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                 pixels = augment(bank, batch.items, image_size, dcfg["augment"]["scale"], dcfg["augment"]["flip"], generator)
                 pixels = pixels[local_rows].to(device, non_blocking=True, memory_format=memory_format)
                 losses = forward_backward(model, tokenizer, pixels, batch, text_cache, captions, caption_weight, tcfg,
-                                          generator, ranks, autocast)
+                                          generator, ranks, autocast, heads=not heads_phase)
                 loss = sum(weights[name] * value for name, value in losses.items())
                 grad_norm = optimizer_step(model, optimizer, tcfg["grad_clip"], ranks)
                 step += 1
@@ -160,7 +164,11 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
     bar.close()
-    if model.neighbours is not None:
+    if heads_phase:
+        train_heads(model, tokenizer, bank, sampler, text_cache, captions, caption_weight, config, device, memory_format,
+                    ranks, logger, step, autocast)
+        last_saved = -1
+    elif model.neighbours is not None:
         _refresh_neighbours(model, bank, image_size, device, memory_format)
         last_saved = -1  # the final checkpoint must carry the refreshed store
     if model.matching is not None and model.matching.overlap_weights is not None:

@@ -110,17 +110,23 @@ class Features:
                         torch.cat([f.text_emb for f in parts]))
 
 
-def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: list[str], text_cache: TextCache | None) -> Features:
-    """Both towers on some rows (the text tower's features come from the cache when it is frozen)."""
-    image_tokens, image_emb = model.image_features(pixels)
-    ids, id_mask = (t.to(pixels.device) for t in tokenizer(texts))
+def encode_text_rows(model: VisLangModel, tokenizer, texts: list[str], text_cache: TextCache | None,
+                     device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The text tower on some texts (its features come from the cache when it is frozen):
+    (tokens [B, L, C], mask [B, L], embeddings [B, D])."""
+    ids, id_mask = (t.to(device) for t in tokenizer(texts))
     if text_cache is not None:
-        text_tokens, text_mask, text_pooled = _cached_text_batch(text_cache, texts, pixels.device)
+        text_tokens, text_mask, text_pooled = _cached_text_batch(text_cache, texts, device)
     else:
         text_mask = id_mask
         text_tokens, text_pooled = model.text_tower(ids, text_mask)
-    text_emb = model.project_text(text_pooled, ids, id_mask).float()
-    return Features(image_tokens, image_emb.float(), text_tokens, text_mask, text_emb)
+    return text_tokens, text_mask, model.project_text(text_pooled, ids, id_mask).float()
+
+
+def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: list[str], text_cache: TextCache | None) -> Features:
+    """Both towers on some rows."""
+    image_tokens, image_emb = model.image_features(pixels)
+    return Features(image_tokens, image_emb.float(), *encode_text_rows(model, tokenizer, texts, text_cache, pixels.device))
 
 
 def contrastive_losses(image_emb: torch.Tensor, text_emb: torch.Tensor, batch, tcfg: dict[str, Any],
@@ -135,10 +141,11 @@ def contrastive_losses(image_emb: torch.Tensor, text_emb: torch.Tensor, batch, t
 
 def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: torch.Tensor, text_emb: torch.Tensor, batch,
                 captions: list[str], caption_weight: torch.Tensor, tcfg: dict[str, Any], generator: torch.Generator,
-                ranks: Ranks) -> dict[str, torch.Tensor]:
+                ranks: Ranks, remember: bool = True) -> dict[str, torch.Tensor]:
     """The matching and caption losses; `features` are this rank's rows, the embeddings the gathered ones.
 
     The heads score this rank's share of the rows they pick (the same picks on every rank).
+    `remember`: store the batch's image embeddings as the caption neighbours of their items.
     """
     losses: dict[str, torch.Tensor] = {}
     if model.matching is None and model.decoder is None:
@@ -166,7 +173,7 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
         items = torch.tensor(batch.items, device=device)
         caption_memory, copy_ids = model.decoder_memory(memory[rows], image_emb.detach()[rows], exclude=items[rows])
         losses["loss_caption"] = model.caption_loss(caption_memory, ids.to(device), copy_ids)
-        if model.neighbours is not None:  # after the lookup: this batch's images are not their own neighbours
+        if remember and model.neighbours is not None:  # after the lookup: this batch's images are not their own neighbours
             model.neighbours.remember(items, image_emb)
     return losses
 
@@ -188,9 +195,11 @@ def check_accumulation(model: VisLangModel, tcfg: dict[str, Any], rows: int) -> 
 def forward_backward(
     model: VisLangModel, tokenizer, pixels: torch.Tensor, batch, text_cache: TextCache | None, captions: list[str],
     caption_weight: torch.Tensor, tcfg: dict[str, Any], generator: torch.Generator, ranks: Ranks,
-    autocast: contextlib.AbstractContextManager | None = None,
+    autocast: contextlib.AbstractContextManager | None = None, heads: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every objective's loss on one global batch, with their weighted sum's gradients accumulated.
+
+    `heads=False` leaves the matching head and the decoder out (they train in a phase of their own).
 
     `pixels` are this rank's rows of the batch. The towers see those rows; embeddings (and the
     heads' token sequences) are gathered so the contrastive loss and the hard negatives span the
@@ -209,8 +218,9 @@ def forward_backward(
             features = encode_rows(model, tokenizer, pixels, texts, text_cache)
             image_emb, text_emb = ranks.gather(features.image_emb, features.text_emb)
             losses = contrastive_losses(image_emb, text_emb, batch, tcfg, model.logit_scale)
-            losses.update(head_losses(model, tokenizer, features, image_emb, text_emb, batch, captions, caption_weight,
-                                      tcfg, generator, ranks))
+            if heads:
+                losses.update(head_losses(model, tokenizer, features, image_emb, text_emb, batch, captions,
+                                          caption_weight, tcfg, generator, ranks))
         backward(losses)
         return {name: value.detach() for name, value in losses.items()}
 
@@ -228,7 +238,7 @@ def forward_backward(
             # every micro-batch sees the full loss; its temperature gradient must count once
             scale = model.logit_scale if j == 0 else model.logit_scale.detach()
             losses = contrastive_losses(image_emb, text_emb, batch, tcfg, scale)
-            if j == micro - 1:
+            if heads and j == micro - 1:
                 losses.update(head_losses(model, tokenizer, Features.cat(cached, text_length), image_emb.detach(),
                                           text_emb.detach(), batch, captions, caption_weight, tcfg, generator, ranks))
         backward(losses)

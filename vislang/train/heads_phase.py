@@ -1,0 +1,125 @@
+"""The heads' own phase: the matching head and the caption decoder train after the towers.
+
+With `train.heads_train_towers: false` the heads never move the towers, so they need not train
+beside them. In the main loop a step with both heads costs about 1.4x a contrastive step on this
+project's CPU, and the heads see image tokens of towers still far from their final state. Here
+the finished towers embed every training image once per view (view 0 whole, as inference sees
+it; the others random training crops), the decoder's neighbour store holds the final embeddings,
+and the heads then take many cheap steps on those cached features, with no tower in the step.
+An interrupted phase starts over on --resume (the main loop's steps are kept).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..data.pairs import PairSampler
+from ..data.pixels import augment, resized
+from ..models import VisLangModel
+from .distributed import Ranks
+from .schedule import lr_at
+from .step import Features, TextCache, encode_text_rows, head_losses, loss_weights, make_optimizer, optimizer_step
+
+
+@dataclass
+class ImageViews:
+    """The finished image tower's outputs for every training image, per view."""
+
+    tokens: torch.Tensor  # [V, N, n, C]
+    emb: torch.Tensor  # [V, N, D], L2-normalised
+
+
+@torch.inference_mode()
+def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict[str, Any],
+                seed: int, device, memory_format: torch.memory_format) -> ImageViews:
+    model.eval()
+    tokens, emb = [], []
+    for view in tqdm(range(views), desc="heads phase: embedding views", unit="view"):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (view + 1))
+        view_tokens, view_emb = [], []
+        for start in range(0, len(bank), 256):
+            rows = range(start, min(start + 256, len(bank)))
+            if view == 0:
+                pixels = resized(bank, slice(rows.start, rows.stop), image_size)
+            else:
+                pixels = augment(bank, list(rows), image_size, augment_cfg["scale"], augment_cfg["flip"], generator)
+            t, e = model.image_features(pixels.to(device, memory_format=memory_format))
+            view_tokens.append(t.float())
+            view_emb.append(e.float())
+        tokens.append(torch.cat(view_tokens))
+        emb.append(torch.cat(view_emb))
+    return ImageViews(torch.stack(tokens), torch.stack(emb))
+
+
+def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
+    """Stop gradients to everything but the heads; returns what was frozen, to thaw afterwards."""
+    towers = model.parameter_parts().get("towers", [])
+    for p in towers:
+        p.requires_grad_(False)
+    return towers
+
+
+def train_heads(model: VisLangModel, tokenizer, bank: torch.Tensor, sampler: PairSampler, text_cache: TextCache | None,
+                captions: list[str], caption_weight: torch.Tensor, config: dict[str, Any], device,
+                memory_format: torch.memory_format, ranks: Ranks, logger, first_step: int,
+                autocast: contextlib.AbstractContextManager | None = None) -> int:
+    """Train the heads on cached features for `train.heads_phase` (steps, capped by minutes); returns the steps taken."""
+    tcfg, phase = config["train"], config["train"]["heads_phase"]
+    image_size = config["model"]["image"]["image_size"]
+    autocast = autocast or contextlib.nullcontext()
+    budget_s = phase["minutes"] * 60 if phase["minutes"] else None
+    total, step, start_time = phase["steps"], 0, time.time()
+    views = embed_views(model, bank, image_size, phase["views"], config["data"]["augment"], config["seed"], device,
+                        memory_format)
+    if model.neighbours is not None:  # the store the decoder reads: every image's final, whole-image embedding
+        model.neighbours.remember(torch.arange(len(bank), device=device), views.emb[0])
+    frozen = _freeze_towers(model)
+    optimizer = make_optimizer(model, tcfg)
+    weights = loss_weights(tcfg)
+    local_rows = ranks.rows(sampler.batch_size)
+
+    def progress() -> float:
+        by_time = ranks.from_main(time.time() - start_time) / budget_s if budget_s else 0.0
+        return max(step / total, by_time)
+
+    model.train()
+    bar = tqdm(total=total, desc="heads phase", unit="step", mininterval=1.0, disable=not ranks.main)
+    epoch = 0
+    while progress() < 1.0:
+        for batch in sampler.epoch(10_000 + epoch):  # other epochs' orders than the main loop's
+            lr = lr_at(step, progress(), tcfg["lr"], phase["warmup_steps"], tcfg["min_lr_ratio"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + first_step + step)
+            items = torch.tensor(batch.items)
+            view = torch.randint(phase["views"], (len(items),), generator=generator)
+            image_tokens, image_emb = views.tokens[view, items].to(device), views.emb[view, items].to(device)
+            texts = batch.texts[local_rows]
+            with torch.no_grad(), autocast:
+                text_tokens, text_mask, text_emb = encode_text_rows(model, tokenizer, texts, text_cache, device)
+            text_emb = ranks.gather(text_emb)[0]
+            with autocast:
+                features = Features(image_tokens[local_rows], image_emb[local_rows], text_tokens, text_mask,
+                                    text_emb[local_rows])
+                losses = head_losses(model, tokenizer, features, image_emb, text_emb, batch, captions, caption_weight,
+                                     tcfg, generator, ranks, remember=False)
+            sum(weights[name] * value for name, value in losses.items()).backward()
+            optimizer_step(model, optimizer, tcfg["grad_clip"], ranks)
+            step += 1
+            bar.update(1)
+            bar.set_postfix({name.removeprefix("loss_"): f"{value.item():.3f}" for name, value in losses.items()})
+            if step % tcfg["log_every"] == 0 or step == 1:
+                logged = ranks.mean({name: value.item() for name, value in losses.items()})
+                logger.log(first_step + step, event="heads_phase", **logged, lr=lr, elapsed_s=time.time() - start_time)
+            if progress() >= 1.0:
+                break
+        epoch += 1
+    bar.close()
+    for p in frozen:
+        p.requires_grad_(True)
+    return step
