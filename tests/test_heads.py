@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vislang
-from vislang.config import load_config
+from vislang.config import ConfigError, load_config
 from vislang.train import train
 from vislang.train.logger import read_metrics
 
@@ -94,6 +94,10 @@ def test_heads_phase_trains_the_heads_after_the_towers_and_leaves_the_towers_alo
     for key in ("loss_matching", "loss_caption"):
         values = [r[key] for r in phase]
         assert np.mean(values[-5:]) < np.mean(values[:5]), key
+    too_long = common + ["model.matching.enabled=true", "train.max_minutes=2", "train.heads_phase.steps=5",
+                         "train.heads_phase.minutes=2"]
+    with pytest.raises(ConfigError, match="heads_phase.minutes"):
+        train(load_config(ROOT / "configs" / "tiny.yaml", too_long), data=str(tiny_catalog), output=tmp_path / "long")
 
 
 def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):

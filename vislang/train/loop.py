@@ -26,6 +26,7 @@ from ..eval import evaluate
 from ..eval.reranking import fit_overlap_weights
 from ..models import create_model
 from ..checkpoint import find_checkpoint, save_checkpoint
+from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
 from .heads_phase import train_heads
@@ -107,6 +108,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     budget_s = tcfg["max_minutes"] * 60 if tcfg["max_minutes"] else None
     if budget_s and heads_phase:
         budget_s -= (tcfg["heads_phase"]["minutes"] or 0) * 60
+        if budget_s <= 0:
+            raise ConfigError(f"train.heads_phase.minutes ({tcfg['heads_phase']['minutes']}) leaves nothing of "
+                              f"train.max_minutes ({tcfg['max_minutes']}) to the towers")
     start_time = time.time() - elapsed_before
 
     def progress() -> float:
