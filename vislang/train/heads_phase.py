@@ -37,9 +37,10 @@ class ImageViews:
 @torch.inference_mode()
 def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict[str, Any],
                 seed: int, device, memory_format: torch.memory_format) -> ImageViews:
+    """Every bank image through the image tower in eval mode: view 0 whole, the others random training crops."""
     model.eval()
     tokens, emb = [], []
-    for view in tqdm(range(views), desc="heads phase: embedding views", unit="view"):
+    for view in tqdm(range(views), desc="embedding training images", unit="view"):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (view + 1))
         view_tokens, view_emb = [], []
         for start in range(0, len(bank), 256):
@@ -54,6 +55,13 @@ def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views:
         tokens.append(torch.cat(view_tokens))
         emb.append(torch.cat(view_emb))
     return ImageViews(torch.stack(tokens), torch.stack(emb))
+
+
+def remember_whole_images(model: VisLangModel, views: ImageViews) -> None:
+    """Fill the decoder's neighbour store with every training image's whole-image embedding (view 0),
+    what inference compares a photo with."""
+    if model.neighbours is not None:
+        model.neighbours.remember(torch.arange(views.emb.shape[1], device=views.emb.device), views.emb[0])
 
 
 def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
@@ -76,8 +84,7 @@ def train_heads(model: VisLangModel, tokenizer, bank: torch.Tensor, sampler: Pai
     total, step, start_time = phase["steps"], 0, time.time()
     views = embed_views(model, bank, image_size, phase["views"], config["data"]["augment"], config["seed"], device,
                         memory_format)
-    if model.neighbours is not None:  # the store the decoder reads: every image's final, whole-image embedding
-        model.neighbours.remember(torch.arange(len(bank), device=device), views.emb[0])
+    remember_whole_images(model, views)
     frozen = _freeze_towers(model)
     optimizer = make_optimizer(model, tcfg)
     weights = loss_weights(tcfg)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..api import VisLang
 from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
-from ..data.pixels import augment, build_image_bank, resized
+from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
 from ..eval.reranking import fit_overlap_weights
 from ..models import create_model
@@ -29,7 +29,7 @@ from ..checkpoint import find_checkpoint, save_checkpoint
 from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
-from .heads_phase import train_heads
+from .heads_phase import embed_views, remember_whole_images, train_heads
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
@@ -173,7 +173,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                     ranks, logger, step, autocast)
         last_saved = -1
     elif model.neighbours is not None:
-        _refresh_neighbours(model, bank, image_size, device, memory_format)
+        # re-embed every training image as inference will (eval mode, whole image) for the caption store
+        remember_whole_images(model, embed_views(model, bank, image_size, 1, dcfg["augment"], config["seed"], device,
+                                                 memory_format))
         last_saved = -1  # the final checkpoint must carry the refreshed store
     if model.matching is not None and model.matching.overlap_weights is not None:
         _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
@@ -186,17 +188,6 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         plot_curves(run_dir)
     distributed.teardown()
     return find_checkpoint(run_dir)
-
-
-@torch.inference_mode()
-def _refresh_neighbours(model, bank, image_size: int, device, memory_format) -> None:
-    """Re-embed every training image as inference will (eval mode, whole image) for the caption store."""
-    model.eval()
-    for start in range(0, len(bank), 256):
-        rows = slice(start, min(start + 256, len(bank)))
-        pixels = resized(bank, rows, image_size).to(device, memory_format=memory_format)
-        model.neighbours.remember(torch.arange(rows.start, rows.stop, device=device), model.encode_image(pixels))
-    model.train()
 
 
 def _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step: int) -> None:
