@@ -69,6 +69,25 @@ def test_checkpoint_round_trip_is_bit_exact(trained_run, tiny_catalog, tmp_path)
     assert np.allclose(first.encode_texts(texts, batch_size=2), a_txt, atol=1e-5)
 
 
+def test_the_hubness_bank_holds_the_finished_model_s_training_embeddings(trained_run, tiny_catalog):
+    out, _ = trained_run
+    model = vislang.load(out, device="cpu")
+    from vislang.data import read_catalog
+
+    items = read_catalog(tiny_catalog).select("train")
+    bank = model.model.query_bank
+    assert bank is not None and bool(bank.filled) and bank.texts.shape == (len(items), 32)
+    # the captions are embedded as encode_texts embeds them; the images from the training image
+    # bank (resized once on decoding), so they are only close to encode_images of the files
+    assert np.allclose(bank.texts.numpy(), model.encode_texts([item.caption for item in items]), atol=1e-5)
+    cosines = (bank.images.numpy() * model.encode_images([item.image for item in items])).sum(1)
+    assert cosines.min() > 0.9, cosines.min()
+    gallery = model.encode_images([item.image for item in items[:6]])
+    penalty = model.hubness_penalty(gallery, "image")
+    expected = 0.25 * np.sort(gallery @ bank.texts.numpy().T, axis=1)[:, -3:].mean(1)  # tiny.yaml: weight 0.25, k 3
+    np.testing.assert_allclose(penalty, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_trained_model_beats_chance_on_its_own_catalog(trained_run, tiny_catalog):
     out, _ = trained_run
     model = vislang.load(out, device="cpu")

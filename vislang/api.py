@@ -53,6 +53,17 @@ class VisLang:
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
         return np.concatenate(out)
 
+    @torch.inference_mode()
+    def hubness_penalty(self, gallery: np.ndarray, modality: str) -> np.ndarray:
+        """[N]: what to subtract from every query's cosine with each gallery embedding [N, D] before
+        ranking ("image": a gallery of images searched with texts; "text": the other way). Zeros for
+        a model trained without model.hubness.weight (models/hubness.py)."""
+        if self.model.query_bank is None:
+            if modality not in ("image", "text"):
+                raise ValueError(f"modality must be image or text, not {modality!r}")
+            return np.zeros(len(gallery), np.float32)
+        rows = torch.from_numpy(np.asarray(gallery, np.float32)).to(self.device)
+        return self.model.query_bank.penalty(rows, modality).float().cpu().numpy()
 
     def _require(self, head: str, config_key: str) -> None:
         if getattr(self.model, head) is None:

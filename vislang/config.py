@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
         # copy (needs neighbours): a pointer may copy the retrieved captions' tokens (models/decoder.py).
         "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
                     "vocab": "captions", "token_ids": [], "neighbours": 0, "store_size": 0, "copy": False},
+        # weight > 0: product rankings subtract weight x each gallery item's mean cosine with its k
+        # nearest training queries (models/hubness.py); bank_size is filled in when training starts.
+        "hubness": {"weight": 0.0, "k": 10, "bank_size": 0},
         "init_temperature": 0.07,
     },
     "data": {

@@ -14,15 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import ImageCache, _same_caption_truth, image_embeddings, recall_at_k
+from .retrieval import ImageCache, _same_caption_truth, image_embeddings, ranking_scores, recall_at_k
 
 OVERLAP_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0)  # logit units; the head's logits span ~10
 
 
 def _shortlist(model, products: list[Item], top: int, cache: ImageCache | None):
-    """Contrastive scores [Q, G], truth per query, and each query's `top` best gallery rows."""
+    """Contrastive scores [Q, G] (as `vislang eval` ranks them), truth per query, and each query's `top` best gallery rows."""
     images = image_embeddings(model, products, {} if cache is None else cache)
-    scores = model.encode_texts([item.caption for item in products]) @ images.T
+    scores = ranking_scores(model, model.encode_texts([item.caption for item in products]), images, "image")
     return scores, _same_caption_truth(products), np.argsort(-scores, axis=1, kind="stable")[:, :top]
 
 

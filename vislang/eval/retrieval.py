@@ -47,6 +47,14 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
 ImageCache = dict[Path, np.ndarray]  # image path -> embedding, shared by evaluations of one model
 
 
+def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str) -> np.ndarray:
+    """queries @ gallery.T, less the encoder's hubness penalty of each gallery item when it has one
+    (models/hubness.py); an encoder without `hubness_penalty` (the open_clip baseline) ranks by cosine."""
+    scores = queries @ gallery.T
+    penalty = getattr(encoder, "hubness_penalty", None)
+    return scores - penalty(gallery, gallery_modality)[None, :] if penalty is not None else scores
+
+
 def image_embeddings(encoder: Encoder, items: list[Item], cache: ImageCache) -> np.ndarray:
     """Embeddings of the items' images, encoding only those not already in `cache`."""
     missing = [item.image for item in items if item.image not in cache]
@@ -65,9 +73,9 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
         images = image_embeddings(encoder, products, cache)
         texts = encoder.encode_texts([item.caption for item in products])
         truth = _same_caption_truth(products)
-        for k, value in recall_at_k(texts @ images.T, truth, (1, 5, 10)).items():
+        for k, value in recall_at_k(ranking_scores(encoder, texts, images, "image"), truth, (1, 5, 10)).items():
             metrics[f"product_text2image_r{k}"] = value
-        for k, value in recall_at_k(images @ texts.T, truth, (1, 5, 10)).items():
+        for k, value in recall_at_k(ranking_scores(encoder, images, texts, "text"), truth, (1, 5, 10)).items():
             metrics[f"product_image2text_r{k}"] = value
     rooms = catalog.select(split, "room")
     if rooms:

@@ -17,6 +17,7 @@ from .color import ColorHistogram
 from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
 from .matching import MatchingHead
+from .hubness import QueryBank
 from .neighbours import CaptionNeighbours
 from .text_tower import create_text_tower
 from .vocab import CaptionVocab
@@ -70,6 +71,9 @@ class VisLangModel(nn.Module):
             if d["neighbours"]:
                 self.neighbours = CaptionNeighbours(d["store_size"], d["max_length"], d["neighbours"], len(self.caption_vocab),
                                                     self.image_tower.token_width, cfg["embed_dim"], self.decoder.pad_id)
+        hub = cfg["hubness"]
+        self.query_bank = QueryBank(hub["bank_size"], cfg["embed_dim"], hub["k"], hub["weight"]) \
+            if hub["weight"] and hub["bank_size"] else None
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 

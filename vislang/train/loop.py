@@ -177,6 +177,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         remember_whole_images(model, embed_views(model, bank, image_size, 1, dcfg["augment"], config["seed"], device,
                                                  memory_format))
         last_saved = -1  # the final checkpoint must carry the refreshed store
+    if model.query_bank is not None:
+        _fill_query_bank(model, tokenizer, config, device, bank, captions, memory_format)
+        last_saved = -1
     if model.matching is not None and model.matching.overlap_weights is not None:
         _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
         last_saved = -1
@@ -188,6 +191,16 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         plot_curves(run_dir)
     distributed.teardown()
     return find_checkpoint(run_dir)
+
+
+def _fill_query_bank(model, tokenizer, config, device, bank, captions: list[str], memory_format) -> None:
+    """The hubness correction's bank (models/hubness.py): every training caption and whole image,
+    embedded by the finished model as inference will."""
+    image_size = config["model"]["image"]["image_size"]
+    images = embed_views(model, bank, image_size, 1, config["data"]["augment"], config["seed"], device, memory_format)
+    texts = VisLang(model, tokenizer, config, device).encode_texts(captions)
+    model.query_bank.fill(torch.from_numpy(texts).to(device), images.emb[0])
+    model.train()
 
 
 def _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step: int) -> None:
