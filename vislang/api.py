@@ -11,6 +11,7 @@ from .data.images import ImageLike
 from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
 from .models.generate import generate
+from .models.hubness import check_modality
 
 
 class MissingHeadError(ValueError):
@@ -59,8 +60,7 @@ class VisLang:
         ranking ("image": a gallery of images searched with texts; "text": the other way). Zeros for
         a model trained without model.hubness.weight (models/hubness.py)."""
         if self.model.query_bank is None:
-            if modality not in ("image", "text"):
-                raise ValueError(f"modality must be image or text, not {modality!r}")
+            check_modality(modality)
             return np.zeros(len(gallery), np.float32)
         rows = torch.from_numpy(np.asarray(gallery, np.float32)).to(self.device)
         return self.model.query_bank.penalty(rows, modality).float().cpu().numpy()

@@ -15,6 +15,12 @@ import torch
 from torch import Tensor, nn
 
 
+def check_modality(modality: str) -> None:
+    """A gallery's modality: "image" (searched with texts) or "text" (searched with images)."""
+    if modality not in ("image", "text"):
+        raise ValueError(f"modality must be image or text, not {modality!r}")
+
+
 class QueryBank(nn.Module):
     def __init__(self, size: int, embed_dim: int, k: int, weight: float) -> None:
         super().__init__()
@@ -36,8 +42,7 @@ class QueryBank(nn.Module):
     def penalty(self, gallery: Tensor, modality: str) -> Tensor:
         """[N]: what to subtract from every query's score for each gallery row [N, D] of `modality`
         ("image": searched with texts; "text": searched with images). Zero until the bank is filled."""
-        if modality not in ("image", "text"):
-            raise ValueError(f"modality must be image or text, not {modality!r}")
+        check_modality(modality)
         if not bool(self.filled):
             return gallery.new_zeros(gallery.shape[0])
         bank = self.texts if modality == "image" else self.images
