@@ -29,7 +29,7 @@ from ..checkpoint import find_checkpoint, save_checkpoint
 from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
-from .heads_phase import embed_views, remember_whole_images, train_heads
+from .heads_phase import ImageViews, embed_views, remember_whole_images, train_heads
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
@@ -172,14 +172,15 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         train_heads(model, tokenizer, bank, sampler, text_cache, captions, caption_weight, config, device, memory_format,
                     ranks, logger, step, autocast)
         last_saved = -1
-    elif model.neighbours is not None:
-        # re-embed every training image as inference will (eval mode, whole image) for the caption store
-        remember_whole_images(model, embed_views(model, bank, image_size, 1, dcfg["augment"], config["seed"], device,
-                                                 memory_format))
-        last_saved = -1  # the final checkpoint must carry the refreshed store
-    if model.query_bank is not None:
-        _fill_query_bank(model, tokenizer, config, device, bank, captions, memory_format)
-        last_saved = -1
+    refresh_store = model.neighbours is not None and not heads_phase  # the phase filled the store itself
+    if refresh_store or model.query_bank is not None:
+        # every training image as inference sees it (eval mode, whole image), embedded once for both uses
+        whole = embed_views(model, bank, image_size, 1, dcfg["augment"], config["seed"], device, memory_format)
+        if refresh_store:
+            remember_whole_images(model, whole)
+        if model.query_bank is not None:
+            _fill_query_bank(model, tokenizer, config, device, whole, captions)
+        last_saved = -1  # the final checkpoint must carry the refreshed store and the bank
     if model.matching is not None and model.matching.overlap_weights is not None:
         _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
         last_saved = -1
@@ -193,13 +194,11 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     return find_checkpoint(run_dir)
 
 
-def _fill_query_bank(model, tokenizer, config, device, bank, captions: list[str], memory_format) -> None:
-    """The hubness correction's bank (models/hubness.py): every training caption and whole image,
-    embedded by the finished model as inference will."""
-    image_size = config["model"]["image"]["image_size"]
-    images = embed_views(model, bank, image_size, 1, config["data"]["augment"], config["seed"], device, memory_format)
+def _fill_query_bank(model, tokenizer, config, device, whole: ImageViews, captions: list[str]) -> None:
+    """The hubness correction's bank (models/hubness.py): every training caption, and every training
+    image's whole-image embedding, from the finished model as inference will embed them."""
     texts = VisLang(model, tokenizer, config, device).encode_texts(captions)
-    model.query_bank.fill(torch.from_numpy(texts).to(device), images.emb[0])
+    model.query_bank.fill(torch.from_numpy(texts).to(device), whole.emb[0])
     model.train()
 
 
