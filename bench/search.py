@@ -64,7 +64,7 @@ from vislang.search.factory import (
     tuning_parameter,
 )
 from vislang.search.index import TUNING_QUERIES
-from vislang.search.query import normalize
+from vislang.search.query import mix, normalize
 
 LATENCY_QUERIES = 200
 EVAL_QUERIES = 1000  # per held-out set
@@ -106,7 +106,8 @@ def text_weight_sweep(index: Index) -> dict[str, Any]:
         texts = index.model.encode_texts([template.format(t=r["type"].lower(), c=c) for r, c in pairs])
         out[name] = {}
         for weight in WEIGHTS:
-            results = index.search_vectors(normalize((1 - weight) * photos + weight * texts), 11, kind="product")
+            vectors, text_share = mix(photos, texts, weight)
+            results = index.search_vectors(vectors, 11, kind="product", text_share=text_share)
             both = [sum(h.type == r["type"] and c in (h.color or "").lower() for h in [h for h in hits if h.id != r["id"]][:10])
                     for (r, c), hits in zip(pairs, results)]
             out[name][str(weight)] = float(np.mean(both) / 10)
@@ -290,7 +291,8 @@ def main() -> None:
     print(f"photo+text, share of top 10 with the photo's type and the asked colour, by text weight: "
           f"{json.dumps({k: v for k, v in result['photo_plus_text'].items() if k != 'queries'})}", flush=True)
 
-    real = np.concatenate([part.index.reconstruct_n(0, part.index.ntotal) for part in index.parts.values()])
+    # the stored vectors without their last coordinate (the hubness penalty): the image embeddings
+    real = np.concatenate([part.index.reconstruct_n(0, part.index.ntotal)[:, : index.dimension] for part in index.parts.values()])
     result["ikea_clustering"] = neighbour_cosines(real)
     all_texts = list(dict.fromkeys(item.caption for item in catalog))
     random.Random(1).shuffle(all_texts)

@@ -35,6 +35,7 @@ from vislang.search.factory import (
     resolve_factory,
     tune,
 )
+from vislang.eval.retrieval import ranking_scores
 from vislang.search.files import sha256_file
 from vislang.search.query import normalize
 from vislang.train import train
@@ -82,24 +83,30 @@ def _scores(hits):
 # ---------------------------------------------------------------- search is exact search
 
 
-def test_text_search_equals_brute_force(index, model, catalog):
+def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, catalog):
     products = catalog.select(None, "product")
     everything = list(catalog)
     images = {item.id: row for item, row in zip(everything, model.encode_images([item.image for item in everything]))}
+    product_images = np.stack([images[p.id] for p in products])
+    penalty = model.hubness_penalty(product_images, "image")
+    assert penalty.min() > 0.01  # the tiny model has its bank, so the check below is not plain cosine again
     queries = ["a red chair", "Lamp, Blue", "a room with a bed"]
     vectors = model.encode_texts(queries)
-    for query, vector, hits in zip(queries, vectors, index.search(texts=queries, k=5, kind="product")):
-        scores = np.stack([images[p.id] for p in products]) @ vector
+    ranking = ranking_scores(model, vectors, product_images, "image")  # what `vislang eval` ranks products by
+    for query, scores, hits in zip(queries, ranking, index.search(texts=queries, k=5, kind="product")):
         order = np.argsort(-scores, kind="stable")[:5]
         assert _ids(hits) == [products[i].id for i in order], query
         np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-6)
         assert all(hit.kind == "product" for hit in hits)
-    # every kind: the per-kind answers merged by score are the top of one brute-force ranking;
-    # a room photo ranks its own room first, then products and rooms mixed
+    # every kind: the per-kind answers merged by score are the top of one brute-force ranking
+    # (products less their penalty for a text, rooms by cosine); a room photo ranks by cosine
+    # alone, its own room first, then products and rooms mixed
     gallery = np.stack([images[item.id] for item in everything])
+    text_penalty = np.asarray([penalty[products.index(item)] if item.kind == "product" else 0.0 for item in everything])
     room = catalog.select(None, "room")[0]
-    for vector, hits in ((vectors[2], index.search(texts=queries[2], k=12)[0]), (images[room.id], index.search(images=room.image, k=12)[0])):
-        scores = gallery @ vector
+    for vector, paid, hits in ((vectors[2], text_penalty, index.search(texts=queries[2], k=12)[0]),
+                               (images[room.id], 0.0, index.search(images=room.image, k=12)[0])):
+        scores = gallery @ vector - paid
         order = np.argsort(-scores, kind="stable")[:12]
         np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-6)
         assert _ids(hits) == [everything[i].id for i in order]
@@ -111,10 +118,18 @@ def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, mo
     top = index.search(images=item.image, k=1)[0][0]
     assert top.id == item.id and top.score == pytest.approx(1.0, abs=1e-5)
     photo, text = model.encode_images([item.image]), model.encode_texts(["a blue lamp"])
+    products = catalog.select(None, "product")
+    gallery = model.encode_images([p.image for p in products])
+    penalty = model.hubness_penalty(gallery, "image")
     for weight in (0.0, 0.6, 1.0):
-        combined = index.search(texts="a blue lamp", images=item.image, k=6, text_weight=weight)[0]
-        expected = index.search_vectors(normalize((1 - weight) * photo + weight * text), k=6)[0]
-        assert _ids(combined) == _ids(expected)
+        combined = index.search(texts="a blue lamp", images=item.image, k=6, text_weight=weight, kind="product")[0]
+        summed = (1 - weight) * photo + weight * text
+        norm = np.linalg.norm(summed)
+        # the text's part of the unit query pays the penalty, the photo's does not
+        scores = gallery @ (summed[0] / norm) - (weight / norm) * penalty
+        order = np.argsort(-scores, kind="stable")[:6]
+        assert _ids(combined) == [products[i].id for i in order]
+        np.testing.assert_allclose(_scores(combined), scores[order], rtol=1e-5, atol=1e-6)
     assert _ids(index.search(texts="a blue lamp", images=item.image, k=6, text_weight=1.0)[0]) == \
         _ids(index.search(texts="a blue lamp", k=6)[0])
 
@@ -241,6 +256,12 @@ def test_missing_and_corrupt_files_are_refused(index, tmp_path):
     del manifest["dimension"]
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="dimension"):
+        Index.load(bad)
+    bad = broken("version-1")  # its vectors lack the penalty coordinate
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["version"] = 1
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="version 1 index.*rebuild it"):
         Index.load(bad)
     manifest = json.loads((folder / "manifest.json").read_text())
     index_file = manifest["parts"]["product"]["index_file"]

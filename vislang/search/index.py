@@ -5,8 +5,15 @@ it returns (no over-fetching and filtering), each kind gets the index its size c
 search over every kind merges the per-kind answers by score (all scores are cosines in the same
 space). A FAISS label is the row of the kind's records list.
 
+Text queries rank products as `vislang eval` does: by cosine less each product's hubness penalty
+(models/hubness.py). FAISS ranks by inner product alone, so every stored vector carries one
+coordinate more than the model's embedding, minus its penalty, and every query one more, its text
+share (1 for a text, 0 for a photo, the text's coefficient in a photo+text query): the inner
+product is then cosine - text share x penalty, exactly, whatever the index type.
+
 The folder holds:
-  manifest.json               format, version, model fingerprint and checkpoint, dimension,
+  manifest.json               format, version, model fingerprint and checkpoint, dimension
+                              (the model's; the FAISS vectors have one more, the penalty),
                               metric, count, requested factory, and per kind: count, factory,
                               tuned search parameters and recall, file names, sizes and sha256
   <kind>.<generation>.faiss   the CPU index (faiss.write_index)
@@ -46,14 +53,16 @@ from .factory import (
 )
 from .files import model_fingerprint, sha256_file, write_atomic
 from .hits import Hit, Record, record_of
-from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors
+from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors, with_share
 from .query import rerank as rerank_hits
 
-FORMAT, VERSION = "vislang-index", 1
+FORMAT, VERSION = "vislang-index", 2  # 2: vectors carry the hubness penalty
 MANIFEST = "manifest.json"
 METRIC_NAME = "inner_product"
 TUNING_QUERIES = 1000  # per query set: enough for the margin of two standard errors to stay under 1%
 KIND_ALIASES = {"rooms": "room", "products": "product", "images": "image"}
+# Rooms rank by plain cosine, as in `vislang eval`: on val the penalty lowered room title R@5.
+PLAIN_COSINE_KINDS = {"room"}
 
 
 def parse_kinds(kinds: str | Sequence[str] | None) -> list[str] | None:
@@ -130,7 +139,7 @@ class Index:
                     target_recall, gpu, model)
         items = _select(items, parse_kinds(kinds))
         for kind in dict.fromkeys(item.kind for item in items):  # a factory that cannot work fails before embedding
-            resolve_factory(factory, sum(item.kind == kind for item in items), index.dimension, f"the {kind} collection")
+            resolve_factory(factory, sum(item.kind == kind for item in items), index.dimension + 1, f"the {kind} collection")
         if index._add_items(items, batch_size, progress) == 0:
             raise SearchError(f"nothing to index: no images of kind {kinds or 'any'} could be read")
         return index
@@ -155,27 +164,36 @@ class Index:
             rows = [i for i, item in enumerate(new) if item.kind == kind]
             records = [record_of(new[i]) for i in rows]
             if kind in self.parts:
-                self.parts[kind].add(vectors[rows], records)
+                self.parts[kind].add(self._stored(kind, vectors[rows]), records)
             else:
                 self.parts[kind] = self._new_part(kind, vectors[rows], records, [new[i].caption for i in rows], progress)
         return len(new)
 
-    def _new_part(self, kind: str, vectors: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> _Part:
-        factory = resolve_factory(self.factory, len(vectors), self.dimension, f"the {kind} collection")
-        index = build_faiss_index(vectors, factory, gpu=self.gpu, progress=progress)
+    def _stored(self, kind: str, embeddings: np.ndarray) -> np.ndarray:
+        """[N, D + 1]: the embeddings and minus their hubness penalty (zero for plain-cosine kinds
+        and for a model trained without one), what FAISS holds (see the module docstring)."""
+        penalty = (np.zeros(len(embeddings), np.float32) if kind in PLAIN_COSINE_KINDS
+                   else self.model.hubness_penalty(embeddings, "image"))
+        return np.ascontiguousarray(np.hstack([embeddings, -penalty[:, None]]), dtype=np.float32)
+
+    def _new_part(self, kind: str, embeddings: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> _Part:
+        factory = resolve_factory(self.factory, len(embeddings), self.dimension + 1, f"the {kind} collection")
+        stored = self._stored(kind, embeddings)
+        index = build_faiss_index(stored, factory, gpu=self.gpu, progress=progress)
         part = _Part(kind, factory, index, records)
         part.place(self.gpu)
         if tuning_parameter(factory):
-            part.tuning = tune(part.searcher, vectors, factory, self._tuning_queries(vectors, captions), self.target_recall)
+            part.tuning = tune(part.searcher, stored, factory, self._tuning_queries(embeddings, captions), self.target_recall)
         return part
 
-    def _tuning_queries(self, vectors: np.ndarray, captions: list[str]) -> list[Queries]:
-        """Photo queries (stored vectors, each leaving itself out) and text queries (the items'
-        captions): the two kinds of query the index will answer, each held to the recall target."""
+    def _tuning_queries(self, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
+        """Photo queries (the items' own photos, each leaving itself out) and text queries (the
+        items' captions): the two kinds of query the index will answer, each held to the recall target."""
         rng = np.random.default_rng(0)
-        rows = np.sort(rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)), replace=False))
+        rows = np.sort(rng.choice(len(embeddings), min(TUNING_QUERIES, len(embeddings)), replace=False))
         texts = [captions[i] for i in rng.choice(len(captions), min(TUNING_QUERIES, len(captions)), replace=False)]
-        return [Queries("photo", vectors[rows], own=rows), Queries("text", self.model.encode_texts(texts))]
+        return [Queries("photo", with_share(embeddings[rows], 0.0), own=rows),
+                Queries("text", with_share(self.model.encode_texts(texts), 1.0))]
 
     # ------------------------------------------------------------ the model
 
@@ -236,22 +254,26 @@ class Index:
         text_weight: float = DEFAULT_TEXT_WEIGHT,
     ) -> list[list[Hit]]:
         """One list of hits, best first, per query: a text, a photo, or a photo and a text
-        (paired one to one). `rerank=N` re-scores the top N with the matching head and orders
-        them by it (text queries only)."""
+        (paired one to one). A hit's score is its cosine with the query, less its hubness penalty
+        times the query's text share (see the module docstring). `rerank=N` re-scores the top N
+        with the matching head and orders them by it (text queries only)."""
         texts, images = as_texts(texts), as_images(images)
         check_query(texts, images, k, rerank, text_weight)
         self._parts_for(kind)  # an unknown kind fails before the model is loaded
-        vectors = query_vectors(self.model, texts, images, text_weight)
-        results = self.search_vectors(vectors, max(k, rerank or 0), kind)
+        vectors, text_share = query_vectors(self.model, texts, images, text_weight)
+        results = self.search_vectors(vectors, max(k, rerank or 0), kind, text_share)
         if rerank:
             results = [rerank_hits(self.model, text, hits, rerank) for text, hits in zip(texts, results)]
         return [hits[:k] for hits in results]
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, kind: str | None = None) -> list[list[Hit]]:
-        """Search with query vectors already made (unit rows, this index's dimension)."""
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, kind: str | None = None,
+                       text_share: float | np.ndarray = 0.0) -> list[list[Hit]]:
+        """Search with query vectors already made (unit rows of the model's dimension) and the share
+        of each that is a text (a number or one per row; 0, a photo, ranks by plain cosine)."""
+        vectors = np.atleast_2d(vectors)
         if vectors.shape[1] != self.dimension:
             raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d, the index holds {self.dimension}-d vectors")
+        vectors = with_share(vectors, text_share)
         results: list[list[Hit]] = [[] for _ in vectors]
         for part in self._parts_for(kind):
             wanted = min(k, len(part.records))
@@ -261,7 +283,7 @@ class Index:
                 scores, labels = part.searcher.search(vectors, wanted)
             for hits, row_scores, row_labels in zip(results, scores, labels):
                 hits += [Hit.from_record(part.records[label], score) for score, label in zip(row_scores, row_labels) if label >= 0]
-        # kinds are searched separately; their cosines are comparable, so merge by score
+        # kinds are searched separately; their scores are cosines (less a penalty), so merge by score
         return [sorted(hits, key=lambda hit: -hit.score)[:k] for hits in results]
 
     def goes_with(self, query: str | ImageLike, k: int = 10, rooms: int = 10, neighbours: int = 50):
@@ -375,7 +397,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFormatError(f"not a vislang index: {file}")
     if manifest.get("version") != VERSION:
-        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads version {VERSION}")
+        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads version {VERSION}: "
+                               "rebuild it with `vislang index build`")
     if manifest.get("metric") != METRIC_NAME:
         raise IndexFormatError(f"{path} uses the metric {manifest.get('metric')!r}; vislang searches by {METRIC_NAME}")
     return manifest
@@ -398,7 +421,7 @@ def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int) -> 
         records = [json.loads(line) for line in lines if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"corrupt index at {path}: {entry['records_file']} is not JSON lines ({err})") from None
-    if index.ntotal != len(records) or index.d != dimension:
+    if index.ntotal != len(records) or index.d != dimension + 1:
         raise IndexFormatError(f"corrupt index at {path}: {kind} has {index.ntotal} {index.d}-d vectors but "
-                               f"{len(records)} records and a {dimension}-d manifest")
+                               f"{len(records)} records and a {dimension}-d manifest (the vectors take one more)")
     return _Part(kind, entry["factory"], index, records, Tuning(dict(entry.get("params") or {}), dict(entry.get("tuned_recall_at_10") or {})))

@@ -56,15 +56,32 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def query_vectors(model: VisLang, texts: list[str], images: list[ImageLike], text_weight: float = DEFAULT_TEXT_WEIGHT) -> np.ndarray:
-    """[Q, D] unit query vectors: text, photo, or ("like this photo, but in oak") their weighted sum."""
+def with_share(vectors: np.ndarray, text_share: float | np.ndarray) -> np.ndarray:
+    """[Q, D + 1]: query vectors with their text share as the last coordinate, what the index's
+    vectors (embedding, -penalty) are searched with (search/index.py)."""
+    share = np.broadcast_to(np.asarray(text_share, np.float32), (len(vectors),))
+    return np.ascontiguousarray(np.hstack([vectors, share[:, None]]), dtype=np.float32)
+
+
+def mix(photo: np.ndarray, text: np.ndarray, text_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """The unit vectors of (1 - w) * photo + w * text [Q, D], and the text's coefficient in each
+    after normalising [Q]: the share of the query that is a text, which the hubness penalty scales by."""
+    summed = (1.0 - text_weight) * photo + text_weight * text
+    norms = np.maximum(np.linalg.norm(summed, axis=1), 1e-12)
+    return (summed / norms[:, None]).astype(np.float32), (text_weight / norms).astype(np.float32)
+
+
+def query_vectors(model: VisLang, texts: list[str], images: list[ImageLike],
+                  text_weight: float = DEFAULT_TEXT_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    """[Q, D] unit query vectors (a text, a photo, or "like this photo, but in oak": their weighted
+    sum) and [Q] text shares (1 for a text, 0 for a photo; see `mix`)."""
     text = model.encode_texts(texts) if texts else None
     photo = model.encode_images(images) if images else None
     if text is None:
-        return photo
+        return photo, np.zeros(len(photo), np.float32)
     if photo is None:
-        return text
-    return normalize((1.0 - text_weight) * photo + text_weight * text)
+        return text, np.ones(len(text), np.float32)
+    return mix(photo, text, text_weight)
 
 
 def rerank(model: VisLang, text: str, hits: list[Hit], n: int) -> list[Hit]:
