@@ -7,10 +7,12 @@ Needs a model trained with the caption decoder (model.decoder.enabled=true).
 from __future__ import annotations
 
 import argparse
+import sys
 import random
 from pathlib import Path
 
 import vislang
+from vislang.cli import run_for_user
 from vislang.data import find_data_dir, read_catalog
 from vislang.viz import result_grid
 
@@ -40,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_for_user(Path(__file__).name, main))

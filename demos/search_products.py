@@ -7,11 +7,13 @@ Writes a grid image (one row per query, its top hits) and prints the top caption
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import vislang
+from vislang.cli import run_for_user
 from vislang.data import find_data_dir, read_catalog
 from vislang.viz import result_grid
 
@@ -41,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_for_user(Path(__file__).name, main))

@@ -9,9 +9,11 @@ Writes a grid (one row per query, its top rooms with title and score) and prints
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import vislang
+from vislang.cli import run_for_user
 from vislang.data import find_data_dir, read_catalog
 from vislang.search import Index
 from vislang.viz import result_grid
@@ -50,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_for_user(Path(__file__).name, main))

@@ -1,4 +1,4 @@
 """The `vislang` command line."""
-from .main import main
+from .main import main, run_for_user
 
-__all__ = ["main"]
+__all__ = ["main", "run_for_user"]

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
@@ -305,13 +306,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ImageLoadError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError, FileNotFoundError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_for_user(name: str, work: Callable[[], int | None]) -> int:
+    """Run `work` and return its exit code: a known failure prints "NAME: error: message" and
+    gives 2, Ctrl-C gives 130, anything else is a bug and keeps its traceback. The demos use it too."""
     try:
-        return args.func(args)
+        return work() or 0
     except _user_errors() as err:
-        print(f"vislang {args.command}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"vislang {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_for_user(f"vislang {args.command}", lambda: args.func(args))

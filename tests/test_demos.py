@@ -1,0 +1,54 @@
+"""The demo scripts as a user runs them: a grid on success, one line and exit 2 on a known failure."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vislang.checkpoint import save_checkpoint
+from vislang.config import load_config
+from vislang.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def no_decoder(tmp_path_factory) -> Path:
+    """An untrained tiny model saved without a caption decoder (as the CPU recipe trains)."""
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["model.decoder.enabled=false", "model.image.image_size=32"])
+    model, tokenizer = create_model(config["model"])
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "ck", 1, model, tokenizer, config)
+
+
+def run_demo(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "demos" / name), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _one_error_line(result: subprocess.CompletedProcess, name: str, words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]  # progress bars aside
+    assert len(lines) == 1 and lines[0].startswith(f"{name}: error: ") and words in lines[0], lines
+
+
+def test_search_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_demo("search_products.py", "--model", str(no_decoder), "--data", str(tiny_catalog), "--k", "3",
+                      "--out", str(out), "a red chair")
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0 and "'a red chair':" in result.stdout
+
+
+def test_caption_demo_without_a_decoder_is_one_clear_line(no_decoder, tiny_catalog, tmp_path):
+    result = run_demo("caption_furniture.py", "--model", str(no_decoder), "--data", str(tiny_catalog),
+                      "--out", str(tmp_path / "captions.png"))
+    _one_error_line(result, "caption_furniture.py", "model.decoder.enabled=true")
+    assert not (tmp_path / "captions.png").exists()
+
+
+def test_room_demo_on_a_missing_index_is_one_clear_line(tmp_path):
+    result = run_demo("search_rooms.py", "--index", str(tmp_path / "nowhere"))
+    _one_error_line(result, "search_rooms.py", "no index at")
