@@ -192,22 +192,29 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
         index.save(folder)
 
 
-def test_add_then_search_finds_the_new_items(model, catalog, tmp_path):
+def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
     held_back = {item.id for item in catalog.select(None, "product")[-5:]}
     first = Index.build(model, [item for item in catalog if item.id not in held_back], progress=False, gpu=False)
     folder = first.save(tmp_path / "index")
     old_files = {p.name for p in folder.iterdir()}
 
-    index = Index.load(folder, gpu=False)
-    assert index.add(catalog, progress=False) == 5
-    assert index.add(catalog, progress=False) == 0  # already there: nothing twice
-    index.save(folder, overwrite=True)
+    grown = Index.load(folder, gpu=False)
+    assert grown.add(catalog, progress=False) == 5
+    assert grown.add(catalog, progress=False) == 0  # already there: nothing twice
+    grown.save(folder, overwrite=True)
     reloaded = Index.load(folder, gpu=False)
     assert len(reloaded) == len(catalog)
     for item in catalog:
         if item.id in held_back:
             top = reloaded.search(images=item.image, k=1, kind="product")[0][0]
             assert top.id == item.id and top.score == pytest.approx(1.0, abs=1e-5)
+    # added products carry their hubness penalty too: a text query scores every product as the
+    # index built in one go does
+    n = len(catalog.select(None, "product"))
+    scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind="product")[0]}
+              for found in (reloaded, index)]
+    assert scored[0].keys() == scored[1].keys()
+    np.testing.assert_allclose([scored[0][i] for i in scored[1]], list(scored[1].values()), rtol=1e-5, atol=1e-6)
     # the previous generation's files are gone, the new manifest names only existing files
     manifest = json.loads((folder / "manifest.json").read_text())
     named = {name for part in manifest["parts"].values() for name in part["files"]}
