@@ -3,13 +3,14 @@
 One FAISS index per kind of item (rooms, products): a search for one kind is then exact in what
 it returns (no over-fetching and filtering), each kind gets the index its size calls for, and a
 search over every kind merges the per-kind answers by score (all scores are cosines in the same
-space). A FAISS label is the row of the kind's records list.
+space, less a penalty below). A FAISS label is the row of the kind's records list.
 
 Text queries rank products as `vislang eval` does: by cosine less each product's hubness penalty
 (models/hubness.py). FAISS ranks by inner product alone, so every stored vector carries one
 coordinate more than the model's embedding, minus its penalty, and every query one more, its text
 share (1 for a text, 0 for a photo, the text's coefficient in a photo+text query): the inner
-product is then cosine - text share x penalty, exactly, whatever the index type.
+product is then cosine - text share x penalty (exactly in a Flat index; an IVF, SQ8 or HNSW
+index approximates it as it approximates the cosine).
 
 The folder holds:
   manifest.json               format, version, model fingerprint and checkpoint, dimension
