@@ -7,8 +7,8 @@ Needs a model trained with the caption decoder (model.decoder.enabled=true).
 from __future__ import annotations
 
 import argparse
-import sys
 import random
+import sys
 from pathlib import Path
 
 import vislang
