@@ -4,7 +4,8 @@ With `train.heads_train_towers: false` the heads never move the towers, so they 
 beside them. In the main loop a step with both heads costs about 1.4x a contrastive step on this
 project's CPU, and the heads see image tokens of towers still far from their final state. Here
 the finished towers embed every training image once per view (view 0 whole, as inference sees
-it; the others random training crops), the decoder's neighbour store holds the final embeddings,
+it; the others random training crops; `train/loop.py` embeds them once for this phase, the
+decoder's neighbour store and the hubness bank), the neighbour store holds the final embeddings,
 and the heads then take many cheap steps on those cached features, with no tower in the step.
 An interrupted phase starts over on --resume (the main loop's steps are kept).
 """
@@ -72,19 +73,16 @@ def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
     return towers
 
 
-def train_heads(model: VisLangModel, tokenizer, bank: torch.Tensor, sampler: PairSampler, text_cache: TextCache | None,
+def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: PairSampler, text_cache: TextCache | None,
                 captions: list[str], caption_weight: torch.Tensor, config: dict[str, Any], device,
-                memory_format: torch.memory_format, ranks: Ranks, logger, first_step: int,
+                ranks: Ranks, logger, first_step: int,
                 autocast: contextlib.AbstractContextManager | None = None) -> int:
-    """Train the heads on cached features for `train.heads_phase` (steps, capped by minutes); returns the steps taken."""
+    """Train the heads for `train.heads_phase` (steps, capped by minutes) on the finished towers'
+    cached image features (`embed_views` with `heads_phase.views` views); returns the steps taken."""
     tcfg, phase = config["train"], config["train"]["heads_phase"]
-    image_size = config["model"]["image"]["image_size"]
     autocast = autocast or contextlib.nullcontext()
     budget_s = phase["minutes"] * 60 if phase["minutes"] else None
     total, step, start_time = phase["steps"], 0, time.time()
-    views = embed_views(model, bank, image_size, phase["views"], config["data"]["augment"], config["seed"], device,
-                        memory_format)
-    remember_whole_images(model, views)
     frozen = _freeze_towers(model)
     optimizer = make_optimizer(model, tcfg)
     weights = loss_weights(tcfg)

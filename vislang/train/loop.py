@@ -168,19 +168,18 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
     bar.close()
-    if heads_phase:
-        train_heads(model, tokenizer, bank, sampler, text_cache, captions, caption_weight, config, device, memory_format,
-                    ranks, logger, step, autocast)
-        last_saved = -1
-    refresh_store = model.neighbours is not None and not heads_phase  # the phase filled the store itself
-    if refresh_store or model.query_bank is not None:
-        # every training image as inference sees it (eval mode, whole image), embedded once for both uses
-        whole = embed_views(model, bank, image_size, 1, dcfg["augment"], config["seed"], device, memory_format)
-        if refresh_store:
-            remember_whole_images(model, whole)
+    if heads_phase or model.neighbours is not None or model.query_bank is not None:
+        # the finished image tower embeds every training image once (view 0 whole, as inference sees
+        # it; the heads phase adds training crops) for the heads phase, the caption store and the bank
+        views = embed_views(model, bank, image_size, tcfg["heads_phase"]["views"] if heads_phase else 1,
+                            dcfg["augment"], config["seed"], device, memory_format)
+        remember_whole_images(model, views)
+        if heads_phase:
+            train_heads(model, tokenizer, views, sampler, text_cache, captions, caption_weight, config, device,
+                        ranks, logger, step, autocast)
         if model.query_bank is not None:
-            _fill_query_bank(model, tokenizer, config, device, whole, captions)
-        last_saved = -1  # the final checkpoint must carry the refreshed store and the bank
+            _fill_query_bank(model, tokenizer, config, device, views, captions)
+        last_saved = -1  # the final checkpoint must carry the trained heads, the refreshed store and the bank
     if model.matching is not None and model.matching.overlap_weights is not None:
         _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
         last_saved = -1
