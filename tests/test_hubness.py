@@ -61,3 +61,11 @@ def test_a_hub_loses_the_top_rank_it_took_by_sitting_near_every_query():
 def test_an_encoder_without_a_penalty_ranks_by_cosine():
     queries, gallery = np.eye(2, dtype=np.float32), np.array([[0.6, 0.8], [1.0, 0.0]], np.float32)
     np.testing.assert_array_equal(ranking_scores(object(), queries, gallery, "text"), queries @ gallery.T)
+
+
+def test_rooms_rank_by_cosine_even_with_a_bank():
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    query = np.array([[0.74, 0.67]], np.float32)
+    encoder = _Encoder(_bank(3, 1.0))
+    np.testing.assert_array_equal(ranking_scores(encoder, query, gallery, "image", "room"), query @ gallery.T)
+    assert not np.array_equal(ranking_scores(encoder, query, gallery, "image", "product"), query @ gallery.T)

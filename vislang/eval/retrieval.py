@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..data.catalog import Catalog, Item
+from ..models.hubness import PLAIN_COSINE_KINDS
 
 
 class Encoder(Protocol):
@@ -47,12 +48,16 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
 ImageCache = dict[Path, np.ndarray]  # image path -> embedding, shared by evaluations of one model
 
 
-def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str) -> np.ndarray:
+def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str,
+                   gallery_kind: str = "product") -> np.ndarray:
     """queries @ gallery.T, less the encoder's hubness penalty of each gallery item when it has one
-    (models/hubness.py); an encoder without `hubness_penalty` (the open_clip baseline) ranks by cosine."""
+    (models/hubness.py); an encoder without `hubness_penalty` (the open_clip baseline) and the
+    kinds in `PLAIN_COSINE_KINDS` (rooms) rank by cosine."""
     scores = queries @ gallery.T
     penalty = getattr(encoder, "hubness_penalty", None)
-    return scores - penalty(gallery, gallery_modality)[None, :] if penalty is not None else scores
+    if penalty is None or gallery_kind in PLAIN_COSINE_KINDS:
+        return scores
+    return scores - penalty(gallery, gallery_modality)[None, :]
 
 
 def image_embeddings(encoder: Encoder, items: list[Item], cache: ImageCache) -> np.ndarray:
@@ -81,7 +86,8 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
     if rooms:
         room_images = image_embeddings(encoder, rooms, cache)
         titles = encoder.encode_texts([item.caption for item in rooms])
-        for k, value in recall_at_k(titles @ room_images.T, _same_caption_truth(rooms), (1, 5)).items():
+        for k, value in recall_at_k(ranking_scores(encoder, titles, room_images, "image", "room"),
+                                       _same_caption_truth(rooms), (1, 5)).items():
             metrics[f"room_title2image_r{k}"] = value
         metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
         metrics.update(_room_zero_shot(encoder, catalog, rooms, room_images))

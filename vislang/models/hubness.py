@@ -14,6 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+# Kinds of gallery item ranked by the plain cosine: on val the penalty lowered room title R@5 with
+# every weight tried (docs/RESULTS.md, eleventh session). `vislang eval` and the search index both
+# read this, so the two rank alike.
+PLAIN_COSINE_KINDS = frozenset({"room"})
+
 
 def check_modality(modality: str) -> None:
     """A gallery's modality: "image" (searched with texts) or "text" (searched with images)."""

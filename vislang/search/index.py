@@ -40,6 +40,7 @@ import numpy as np
 from ..api import VisLang, load
 from ..data.catalog import Catalog, Item
 from ..data.images import ImageLike
+from ..models.hubness import PLAIN_COSINE_KINDS
 from .device import set_search_params, single_query_threads, to_cpu, to_gpu, want_gpu
 from .embed import embed_images
 from .errors import IndexFormatError, IndexMismatchError, QueryError, SearchError
@@ -62,8 +63,6 @@ MANIFEST = "manifest.json"
 METRIC_NAME = "inner_product"
 TUNING_QUERIES = 1000  # per query set: enough for the margin of two standard errors to stay under 1%
 KIND_ALIASES = {"rooms": "room", "products": "product", "images": "image"}
-# Rooms rank by plain cosine, as in `vislang eval`: on val the penalty lowered room title R@5.
-PLAIN_COSINE_KINDS = {"room"}
 
 
 def parse_kinds(kinds: str | Sequence[str] | None) -> list[str] | None:
