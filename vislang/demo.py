@@ -22,8 +22,11 @@ ROOM_QUERIES = ["a bright kitchen with white cabinets", "a cosy bedroom with a d
 def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = False, overrides: list[str] = ()) -> dict:
     data_dir = find_data_dir(data)
     try:
-        checkpoint = None if retrain else find_checkpoint(output)
+        checkpoint = find_checkpoint(output)
     except CheckpointError:
+        checkpoint = None
+    if retrain and output.exists():
+        print(f"moved the earlier run to {_move_aside(output)}")
         checkpoint = None
     if checkpoint is None:
         train(load_config(config_path, overrides), data=str(data_dir), output=output, resume=False)
@@ -40,6 +43,17 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
     print(f"\nresults grid: {grid}\nresults page: {page}")
     return metrics
+
+
+def _move_aside(output: Path) -> Path:
+    """Renames a finished or interrupted run to OUTPUT.previous (.previous-2, ... if taken): a
+    retrain never deletes a run a user may still want."""
+    target, n = output.with_name(f"{output.name}.previous"), 1
+    while target.exists():
+        n += 1
+        target = output.with_name(f"{output.name}.previous-{n}")
+    output.rename(target)
+    return target
 
 
 def _example_rows(model, catalog, cache: ImageCache, per_row: int = 5, n_products: int = 5):

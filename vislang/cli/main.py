@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="ikea-cpu")
     p.add_argument("--data")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--retrain", action="store_true", help="train even if --output already holds a model")
+    p.add_argument("--retrain", action="store_true", help="train again even if --output already holds a model (the earlier run is renamed OUTPUT.previous)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_demo)
 

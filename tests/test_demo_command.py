@@ -1,0 +1,26 @@
+"""`vislang demo`, the README's main job, on the tiny catalog: it trains once, reuses the model,
+and --retrain trains again without deleting the earlier run."""
+import json
+
+from vislang.cli.main import config_path
+from vislang.demo import run_demo
+
+HEADS_OFF = ["model.matching.enabled=false", "model.decoder.enabled=false"]
+
+
+def test_demo_trains_once_then_reuses_and_retrain_keeps_the_earlier_run(tiny_catalog, tmp_path, capsys):
+    out = tmp_path / "demo"
+    first = run_demo(config_path("tiny"), str(tiny_catalog), out, overrides=HEADS_OFF)
+    assert json.loads((out / "test_metrics.json").read_text()) == first
+    assert (out / "results.png").stat().st_size > 0 and (out / "results.html").is_file()
+    assert 0.0 <= first["product_text2image_r10"] <= 1.0
+    capsys.readouterr()
+
+    run_demo(config_path("tiny"), str(tiny_catalog), out, overrides=HEADS_OFF)
+    assert "using the model already trained" in capsys.readouterr().out
+
+    run_demo(config_path("tiny"), str(tiny_catalog), out, retrain=True, overrides=HEADS_OFF)
+    previous = tmp_path / "demo.previous"
+    assert f"moved the earlier run to {previous}" in capsys.readouterr().out
+    assert json.loads((previous / "test_metrics.json").read_text()) == first
+    assert any((out / "checkpoints").iterdir()) and (out / "test_metrics.json").is_file()
