@@ -17,8 +17,8 @@ The folder holds:
                               (the model's; the FAISS vectors have one more, the penalty),
                               metric, count, requested factory, and per kind: count, factory,
                               tuned search parameters and recall, file names, sizes and sha256
-  <kind>.<generation>.faiss   the CPU index (faiss.write_index)
-  <kind>.<generation>.jsonl   one record per vector, in label order
+  <n>-<kind>.<generation>.faiss   the CPU index (faiss.write_index)
+  <n>-<kind>.<generation>.jsonl   one record per vector, in label order
 Each save writes a new generation of data files, then replaces manifest.json (the commit point)
 and only then deletes the previous generation: a reader sees the old index or the new one, never
 a mix, and an interrupted save leaves the old one intact.
