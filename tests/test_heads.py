@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vislang
+from vislang.checkpoint import find_checkpoint
 from vislang.config import ConfigError, load_config
 from vislang.train import train
 from vislang.train.logger import read_metrics
@@ -98,6 +99,32 @@ def test_heads_phase_trains_the_heads_after_the_towers_and_leaves_the_towers_alo
                          "train.heads_phase.minutes=2"]
     with pytest.raises(ConfigError, match="heads_phase.minutes"):
         train(load_config(ROOT / "configs" / "tiny.yaml", too_long), data=str(tiny_catalog), output=tmp_path / "long")
+
+
+def test_a_run_stopped_in_the_heads_phase_resumes_with_the_phase_alone(tiny_catalog, tmp_path, monkeypatch):
+    overrides = HEADS + ["train.epochs=1", "train.eval_every_epochs=0", "train.heads_phase.steps=5",
+                         "train.heads_phase.views=1", "train.checkpoint_every=1000"]
+    config, out = load_config(ROOT / "configs" / "tiny.yaml", overrides), tmp_path / "run"
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("vislang.train.loop.train_heads", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=str(tiny_catalog), output=out)
+    saved = find_checkpoint(out)  # the towers' last step, though no periodic checkpoint fell due
+    towers = load_file(str(saved / "model.safetensors"))
+    assert not any(r.get("event") == "heads_phase" for r in read_metrics(out / "metrics.jsonl"))
+
+    monkeypatch.undo()
+    final = train(config, data=str(tiny_catalog), output=out, resume=True)
+    assert final.name == saved.name  # no tower step was taken again
+    assert len([r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "heads_phase"]) == 5
+    after = load_file(str(final / "model.safetensors"))
+    image_side = [name for name in towers if name.startswith(("image_tower.", "image_proj"))]
+    assert image_side
+    for name in image_side:
+        assert torch.equal(after[name], towers[name]), name
 
 
 def test_model_without_heads_says_how_to_get_them(tiny_catalog, tmp_path):

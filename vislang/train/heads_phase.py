@@ -7,7 +7,7 @@ the finished towers embed every training image once per view (view 0 whole, as i
 it; the others random training crops; `train/loop.py` embeds them once for this phase, the
 decoder's neighbour store and the hubness bank), the neighbour store holds the final embeddings,
 and the heads then take many cheap steps on those cached features, with no tower in the step.
-An interrupted phase starts over on --resume from the main loop's last checkpoint.
+The main loop's end is checkpointed first: a stopped phase starts over from it on --resume.
 """
 from __future__ import annotations
 

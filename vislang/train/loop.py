@@ -168,6 +168,12 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
     bar.close()
+    if heads_phase and step != last_saved:
+        # The towers are done: a run stopped in the heads phase resumes with the phase alone.
+        saved = checkpoint()
+        last_saved = step
+        if saved is not None:
+            print(f"towers trained; saved {saved} (a stopped heads phase starts over from it with --resume)")
     if heads_phase or model.neighbours is not None or model.query_bank is not None:
         # the finished image tower embeds every training image once (view 0 whole, as inference sees
         # it; the heads phase adds training crops) for the heads phase, the caption store and the bank
