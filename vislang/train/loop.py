@@ -168,11 +168,11 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
     bar.close()
-    if heads_phase and step != last_saved:
-        # The towers are done: a run stopped in the heads phase resumes with the phase alone.
+    if step != last_saved:
+        # The towers are done: a run stopped in what follows (the heads phase, the bank) resumes from here.
         saved = checkpoint()
         last_saved = step
-        if saved is not None:
+        if saved is not None and heads_phase:
             print(f"towers trained; saved {saved} (a stopped heads phase starts over from it with --resume)")
     if heads_phase or model.neighbours is not None or model.query_bank is not None:
         # the finished image tower embeds every training image once (view 0 whole, as inference sees
