@@ -59,7 +59,7 @@ def test_bank_skips_unreadable_files_with_one_counted_warning(tmp_path):
     assert ok_again == ok and torch.equal(again, bank)  # served from the cache
 
 
-def test_augment_is_seeded_and_shaped(tmp_path):
+def test_augment_is_seeded_and_shaped():
     bank = torch.randint(0, 255, (4, 3, 20, 20), dtype=torch.uint8)
     a = augment(bank, [0, 2], 16, (0.5, 1.0), True, torch.Generator().manual_seed(1))
     b = augment(bank, [0, 2], 16, (0.5, 1.0), True, torch.Generator().manual_seed(1))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vislang.config import DEFAULTS, load_config
+from vislang.config import DEFAULTS, ConfigError, load_config
 from vislang.models import create_model
 from vislang.models.registry import PretrainedUnavailableError
 
@@ -28,6 +28,14 @@ def test_towers_return_tokens_and_unit_embeddings(image, text):
     assert text_tokens.shape[:2] == ids.shape and text_pooled.shape == (2, model.text_tower.width)
     for emb in (model.encode_image(pixels), model.encode_text(ids, mask)):
         assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_open_clip_text_kwargs_reach_the_tower_and_unknown_ones_are_refused():
+    text = ["model.text.kind=open_clip", "model.text.name=ViT-S-32", "model.text.pretrained=false", "model.text.freeze=false"]
+    model, _ = create_model(_model_cfg(*text, "model.text.kwargs.layers=2"))
+    assert len(model.text_tower.body.transformer.resblocks) == 2  # ViT-S-32 has 12
+    with pytest.raises(ConfigError, match="text_cfg"):
+        create_model(_model_cfg(*text, "model.text.kwargs.no_such_field=1"))
 
 
 def test_frozen_text_tower_has_no_trainable_weights():

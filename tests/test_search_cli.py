@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_and_exit_2(built, tiny_catalog, tmp_path, capsys)
         "--factory", "IVF64,Flat")
 
 
-def test_the_installed_command_prints_no_traceback(built, tmp_path):
+def test_the_installed_command_prints_no_traceback(built):
     _, index = built
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "vislang", "goes-with", "--index", str(index), "no-such-product"],

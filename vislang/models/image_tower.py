@@ -16,7 +16,8 @@ OFFLINE_HINT = "set model.image.pretrained=false (in the config or on the comman
 
 
 class TimmImageTower(nn.Module):
-    """Any timm model, headless; CNN feature maps are flattened into tokens."""
+    """Any timm model, headless; CNN feature maps are flattened into tokens. `image_size` is taken
+    for the towers' common signature only: the pixels are resized to it, and a CNN takes any size."""
 
     def __init__(self, name: str, pretrained: bool = False, image_size: int = 224, **kwargs: Any) -> None:
         super().__init__()

