@@ -17,7 +17,8 @@ OFFLINE_HINT = "set model.image.pretrained=false (in the config or on the comman
 
 class TimmImageTower(nn.Module):
     """Any timm model, headless; CNN feature maps are flattened into tokens. `image_size` is taken
-    for the towers' common signature only: the pixels are resized to it, and a CNN takes any size."""
+    for the towers' common signature only: pixels are resized to it and a CNN takes any size (a timm
+    ViT needs the same size in model.image.kwargs.img_size)."""
 
     def __init__(self, name: str, pretrained: bool = False, image_size: int = 224, **kwargs: Any) -> None:
         super().__init__()
