@@ -71,3 +71,19 @@ def test_override_parsing():
     assert load_config(None, ["model.image.name=resnet18"])["model"]["image"]["name"] == "resnet18"
     with pytest.raises(ConfigError):
         load_config(None, ["lr"])
+
+
+def test_damaged_checkpoint_and_manifest_are_one_line_errors(tiny_catalog, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--config", "tiny", "--data", str(tiny_catalog), "--output", str(out),
+                   "model.matching.enabled=false", "model.decoder.enabled=false").returncode == 0
+    weights = next((out / "checkpoints").glob("step-*")) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated copy
+    result = run_cli("eval", "--checkpoint", str(weights.parent), "--data", str(tiny_catalog))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.safetensors is damaged" in result.stderr.strip().splitlines()[-1]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"image": "a.png", "captions": ["x"]}\n{not json\n')
+    result = run_cli("train", "--config", "tiny", "--data", str(broken), "--output", str(tmp_path / "r2"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a valid manifest" in result.stderr.strip().splitlines()[-1]

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from .config import resolve
@@ -82,10 +83,16 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VisLangModel, Tokenizer, dict[str, Any], Path]:
     """Rebuild model and tokenizer from a checkpoint, offline; returns them, the config and the folder."""
     folder = find_checkpoint(path)
-    config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
+    try:
+        config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
+    except (OSError, yaml.YAMLError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({' '.join(str(err).split())})") from err
     model_cfg = _offline_model_config(config["model"], folder)
     model, tokenizer = create_model(model_cfg)
-    load_model(model, str(folder / "model.safetensors"), device=str(device))
+    try:
+        load_model(model, str(folder / "model.safetensors"), device=str(device))
+    except SafetensorError as err:  # a truncated or overwritten file
+        raise CheckpointError(f"{folder}: model.safetensors is damaged ({err}); use another checkpoint or retrain") from err
     return model.to(device).eval(), tokenizer, config, folder
 
 

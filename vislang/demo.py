@@ -21,6 +21,7 @@ ROOM_QUERIES = ["a bright kitchen with white cabinets", "a cosy bedroom with a d
 
 def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = False, overrides: list[str] = ()) -> dict:
     data_dir = find_data_dir(data)
+    config = load_config(config_path, overrides)  # a bad config fails before an earlier run is moved
     try:
         checkpoint = find_checkpoint(output)
     except CheckpointError:
@@ -29,7 +30,7 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
         print(f"moved the earlier run to {_move_aside(output)}")
         checkpoint = None
     if checkpoint is None:
-        train(load_config(config_path, overrides), data=str(data_dir), output=output, resume=False)
+        train(config, data=str(data_dir), output=output, resume=False)
     else:
         print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
     model = load(output)

@@ -296,6 +296,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data.download import DownloadError, SourceLayoutError
+    from ..data.catalog import ManifestError
     from ..data.images import ImageLoadError
     from ..data.locate import DataNotFoundError
     from ..data.shards import ShardError
@@ -303,7 +304,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..search.errors import SearchError
 
     return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
-            ImageLoadError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError, FileNotFoundError)
+            ImageLoadError, ManifestError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError,
+            FileNotFoundError, NotADirectoryError)
 
 
 def run_for_user(name: str, work: Callable[[], int | None]) -> int:

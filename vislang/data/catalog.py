@@ -16,6 +16,10 @@ from typing import Any, Iterator
 SPLITS = ("train", "val", "test")
 
 
+class ManifestError(ValueError):
+    """A catalog that cannot be read or trained on: shown to the user as one line."""
+
+
 @dataclass(frozen=True)
 class Item:
     id: str
@@ -177,7 +181,7 @@ def read_manifest(path: str | Path) -> Catalog:
     try:
         rows = list(_manifest_rows(path))
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path}: not a valid manifest ({err})") from err
+        raise ManifestError(f"{path}: not a valid manifest ({err})") from err
     for number, row in rows:
         where = f"{path.name}:{number}"
         if not isinstance(row, dict) or not row.get("image"):

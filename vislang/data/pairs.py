@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .catalog import Item
+from .catalog import Item, ManifestError
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Batch:
 class PairSampler:
     def __init__(self, items: list[Item], data_cfg: dict[str, Any], batch_size: int, seed: int) -> None:
         if len(items) < 2:
-            raise ValueError("training needs at least two images")
+            raise ManifestError(f"training needs at least two images; the training split has {len(items)}")
         self.items, self.cfg, self.seed = items, data_cfg, seed
         self.batch_size = min(batch_size, len(items))
         self._index = {item.id: i for i, item in enumerate(items)}
