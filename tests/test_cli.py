@@ -1,13 +1,18 @@
 """The command line as a user meets it: exit codes and one-line errors, no tracebacks."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from vislang.cli.main import build_parser, main
 from vislang.config import ConfigError, load_config, parse_override
+from vislang.devices import DeviceError, pick_device
+from vislang.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +68,11 @@ def test_train_eval_cli_round_trip(tiny_catalog, tmp_path):
     assert metrics["split"] == "val" and 0.0 <= metrics["product_text2image_r10"] <= 1.0
     again = run_cli("train", "--config", "tiny", "--data", str(tiny_catalog), "--output", str(out))
     assert again.returncode == 2 and "--resume" in again.stderr
+    # A split the catalog lacks (a manifest's rows default to train) is an error, not an empty report.
+    only_train = tmp_path / "train-only.jsonl"
+    only_train.write_text(json.dumps({"image": str(tiny_catalog / "images/products/000.000.00.jpg"), "caption": "a chair"}) + "\n")
+    result = run_cli("eval", "--checkpoint", str(out), "--data", str(only_train), "--split", "test")
+    assert result.returncode == 2 and "has no test items" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_override_parsing():
@@ -87,3 +97,58 @@ def test_damaged_checkpoint_and_manifest_are_one_line_errors(tiny_catalog, tmp_p
     result = run_cli("train", "--config", "tiny", "--data", str(broken), "--output", str(tmp_path / "r2"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a valid manifest" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr must be a number"),
+    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.epochs=-1", "train.epochs must be >= 1"),
+    ("model.image.image_size=abc", "model.image.image_size must be a whole number"),
+    ("model.embed_dim=0", "model.embed_dim must be >= 1"),
+    ("model.head=nosuchhead", "model.head must be one of linear, mlp"),
+    ("data.caption_prob=7", "data.caption_prob must be between 0 and 1"),
+    ("data.augment.scale=[0.9,0.2]", "data.augment.scale must be [low, high]"),
+    ("model.lexical=1", "model.lexical must be true or false"),
+    ("train.max_minutes=0", "train.max_minutes must be > 0"),
+    ("model.matching.width=30", "model.matching.width (30) must be a multiple of model.matching.heads (4)"),
+])
+def test_config_values_are_checked_for_type_and_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_every_shipped_config_and_the_nullable_keys_pass_validation():
+    for name in ("tiny", "ikea-cpu", "ikea-gpu"):
+        load_config(ROOT / "configs" / f"{name}.yaml")
+    config = load_config(None, ["train.max_minutes=2.5", "train.threads=none", "data.path=null", "train.heads_phase.minutes=1"])
+    assert config["train"]["max_minutes"] == 2.5 and config["train"]["threads"] is None
+
+
+def test_an_unknown_image_model_name_is_a_config_error_with_near_names():
+    with pytest.raises(ConfigError, match="timm has no model named 'resnet10'.*resnet10t"):
+        create_model(load_config(None, ["model.image.name=resnet10", "model.text.pretrained=false"])["model"])
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(capsys):
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="sees no GPU"):
+            pick_device("cuda")
+    assert main(["eval", "--checkpoint", "nowhere", "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip() == "vislang eval: error: unknown device 'tpu': use cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["caption", "--checkpoint", "c", "--beams", "0", "x.jpg"], "--beams: must be a whole number >= 1"),
+    (["index", "build", "--checkpoint", "c", "--output", "o", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
+    (["index", "build", "--checkpoint", "c", "--output", "o", "--target-recall", "2"], "--target-recall: must be between 0 and 1"),
+    (["index", "build", "--checkpoint", "c", "--output", "o", "--kinds", ""], "--kinds: must not be empty"),
+    (["index", "add", "--index", "i", "--kind", "", "x.jpg"], "--kind: must not be empty"),
+    (["search", "--index", "i", "q", "--k", "abc"], "--k: invalid whole number value: 'abc'"),
+])
+def test_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

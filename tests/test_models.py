@@ -83,7 +83,7 @@ def test_pretrained_weights_offline_fail_clearly(overrides, monkeypatch):
 
 
 def test_unknown_tower_kind():
-    with pytest.raises(ValueError, match="unknown image tower kind"):
+    with pytest.raises(ConfigError, match="unknown image tower kind"):
         create_model(_model_cfg("model.image.kind=keras"))
 
 

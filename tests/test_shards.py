@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vislang.cli.main import main
 from vislang.config import load_config
 from vislang.data import read_catalog
 from vislang.data.images import load_image
@@ -77,3 +78,26 @@ def test_bad_shard_folders_are_one_line_and_exit_2(shards, tmp_path):
     shutil.copy(shards / "shard-000000.tar", broken)
     result = run_cli("train", "--config", "tiny", "--data", str(broken), "--output", str(tmp_path / "run"))
     assert result.returncode == 2 and "damaged" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_prepare_counts_the_images_it_wrote_and_refuses_a_catalog_without_any(tmp_path, capsys):
+    for i in range(2):
+        Image.new("RGB", (40, 30), (100 * i, 50, 0)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    rows = [{"image": "0.jpg", "caption": "a red chair"}, {"image": "1.jpg", "caption": "a green chair"},
+            {"image": "missing.jpg", "caption": "gone"}, {"image": "bad.jpg", "caption": "broken"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["data", "prepare", "--data", str(manifest), "--output", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("2 images written")  # 3 rows were read; one image of them is corrupt
+    warned = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 2 and all(line.startswith("vislang data: warning: ") for line in warned), err
+    assert "UserWarning" not in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["data", "prepare", "--data", str(empty), "--output", str(tmp_path / "none")]) == 2
+    assert "holds no usable images" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["data", "prepare", "--data", str(manifest), "--output", str(tmp_path / "afile" / "sub")]) == 2
+    assert f"cannot create {tmp_path / 'afile' / 'sub'}" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import vislang
-from vislang.checkpoint import find_checkpoint, save_checkpoint
+from vislang.checkpoint import CheckpointError, find_checkpoint, save_checkpoint
 from vislang.config import load_config
 from vislang.train import train
 from vislang.train.logger import read_metrics
@@ -128,6 +128,13 @@ def test_existing_run_is_not_overwritten(tiny_catalog, tmp_path):
     train(_config("train.epochs=1"), data=str(tiny_catalog), output=out)
     with pytest.raises(FileExistsError, match="--resume"):
         train(_config("train.epochs=1"), data=str(tiny_catalog), output=out)
+
+
+def test_resume_with_another_model_shape_names_the_changed_setting(tiny_catalog, tmp_path):
+    out = tmp_path / "run"
+    train(_config("train.epochs=1"), data=str(tiny_catalog), output=out)
+    with pytest.raises(CheckpointError, match=r"model config changed: model.embed_dim: 32 -> 16"):
+        train(_config("train.epochs=2", "model.embed_dim=16"), data=str(tiny_catalog), output=out, resume=True)
 
 
 def test_trainable_text_tower_path_runs(tiny_catalog, tmp_path):

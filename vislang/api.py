@@ -10,16 +10,13 @@ import torch
 from .data.images import ImageLike
 from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
+from .devices import pick_device
 from .models.generate import generate
 from .models.hubness import check_modality
 
 
 class MissingHeadError(ValueError):
     """The model was trained without the head a call needs."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class VisLang:
@@ -32,7 +29,7 @@ class VisLang:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "VisLang":
-        device = torch.device(device) if device is not None else default_device()
+        device = pick_device(device)
         model, tokenizer, config, folder = load_checkpoint(path, device)
         return cls(model, tokenizer, config, device, folder)
 

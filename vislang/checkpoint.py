@@ -89,11 +89,42 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({' '.join(str(err).split())})") from err
     model_cfg = _offline_model_config(config["model"], folder)
     model, tokenizer = create_model(model_cfg)
+    load_weights(model, folder, device)
+    return model.to(device).eval(), tokenizer, config, folder
+
+
+def load_weights(model: VisLangModel, folder: Path, device: str | torch.device = "cpu") -> None:
+    """Load a checkpoint's weights into `model`; a damaged file, or weights of another shape than
+    the model (a run resumed with a changed model config), is a CheckpointError saying which."""
     try:
         load_model(model, str(folder / "model.safetensors"), device=str(device))
     except SafetensorError as err:  # a truncated or overwritten file
         raise CheckpointError(f"{folder}: model.safetensors is damaged ({err}); use another checkpoint or retrain") from err
-    return model.to(device).eval(), tokenizer, config, folder
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        changed = _changed_keys(folder, model.cfg)
+        which = f" (model config changed: {'; '.join(changed)})" if changed else ""
+        raise CheckpointError(f"{folder}: its weights do not fit the model this config builds{which}; "
+                              "resume with the run's own model settings or train into a new --output") from err
+
+
+def _changed_keys(folder: Path, model_cfg: dict[str, Any]) -> list[str]:
+    """'model.KEY: saved -> now' for each model setting that differs from the checkpoint's config."""
+    try:
+        saved = resolve(yaml.safe_load((folder / "config.yaml").read_text()))["model"]
+    except Exception:  # only the message is at stake: an unreadable config names no keys
+        return []
+
+    def leaves(cfg: dict[str, Any], where: str = "model.") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            if isinstance(value, dict) and key != "kwargs":
+                out.update(leaves(value, f"{where}{key}."))
+            elif key not in ("token_ids", "store_size", "bank_size"):  # filled in from the data, not set
+                out[f"{where}{key}"] = value
+        return out
+
+    before, now = leaves(saved), leaves(model_cfg)
+    return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now) if before.get(key) != now.get(key)]
 
 
 def _offline_model_config(model_cfg: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,90 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# What a value may be beyond the type of its default (checked by `validate`). Every leaf has its
+# default's type (an int passes where a float is expected) unless TYPES names others for it.
+NONE = type(None)
+TYPES: dict[str, tuple[type, ...]] = {
+    "data.path": (str, NONE), "data.cache_dir": (str, NONE), "train.max_minutes": (float, NONE),
+    "train.threads": (int, NONE), "train.device": (str, NONE), "train.heads_phase.minutes": (float, NONE),
+    "model.image.pretrained": (bool, str), "model.text.pretrained": (bool, str),  # str: an open_clip tag
+}
+# (The towers' `kind`s are checked by their registries, which hold them: models/registry.py.)
+CHOICES: dict[str, tuple[str, ...]] = {"model.head": ("linear", "mlp"), "model.decoder.vocab": ("captions", "tokenizer")}
+_AT_LEAST_1 = (
+    "model.embed_dim", "model.image.image_size", "model.text.max_length", "model.matching.width",
+    "model.matching.layers", "model.matching.heads", "model.decoder.width", "model.decoder.layers",
+    "model.decoder.heads", "model.hubness.k", "train.batch_size", "train.epochs",
+    "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
+)
+_AT_LEAST_0 = (
+    "model.image.color_bins", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
+    "model.hubness.bank_size", "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
+    "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
+    "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",
+    "train.eval_every_epochs",
+)
+_ABOVE_0 = ("model.init_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
+_FRACTION = ("data.caption_prob", "train.min_lr_ratio")
+# (check, what the message says a value must be)
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (lambda v: v >= 1, ">= 1") for key in _AT_LEAST_1},
+    **{key: (lambda v: v >= 0, ">= 0") for key in _AT_LEAST_0},
+    **{key: (lambda v: v > 0, "> 0") for key in _ABOVE_0},
+    **{key: (lambda v: 0 <= v <= 1, "between 0 and 1") for key in _FRACTION},
+    "model.decoder.max_length": (lambda v: v >= 2, ">= 2 (a start token and one word)"),
+    "data.augment.scale": (lambda v: len(v) == 2 and all(_is_number(x) for x in v) and 0 < v[0] <= v[1] <= 1,
+                           "[low, high] with 0 < low <= high <= 1"),
+    "model.decoder.token_ids": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                                "a list of token ids"),
+}
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    if expected is float:
+        return _is_number(value)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+TYPE_NAMES = {float: "a number", int: "a whole number", bool: "true or false", str: "a string", list: "a list",
+              dict: "a mapping", NONE: "null"}
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Raise ConfigError naming the first value of the wrong type or out of its range, so a bad
+    value stops a run before it starts, with the key in the message instead of a traceback."""
+    _check_values(config, DEFAULTS, "")
+    for head in ("matching", "decoder"):
+        width, heads = config["model"][head]["width"], config["model"][head]["heads"]
+        if width % heads:
+            raise ConfigError(f"model.{head}.width ({width}) must be a multiple of model.{head}.heads ({heads})")
+
+
+def _check_values(config: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
+    for key, default in defaults.items():
+        path, value = f"{where}{key}", config[key]
+        if isinstance(default, dict) and key != "kwargs":
+            _check_values(value, default, path + ".")
+            continue
+        expected = TYPES.get(path, (type(default),))
+        if not any(_has_type(value, kind) for kind in expected):
+            raise ConfigError(f"config key {path} must be {' or '.join(TYPE_NAMES[kind] for kind in expected)}, got {value!r}")
+        if value is None:
+            continue
+        if path in CHOICES and value not in CHOICES[path]:
+            raise ConfigError(f"config key {path} must be one of {', '.join(CHOICES[path])}, got {value!r}")
+        if path in RANGES and not RANGES[path][0](value):
+            raise ConfigError(f"config key {path} must be {RANGES[path][1]}, got {value!r}")
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -157,9 +240,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
         config = _merge(config, loaded)
     for text in overrides:
         config = _merge(config, parse_override(text))
+    validate(config)
     return config
 
 
 def resolve(config: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults for keys a saved (older) config lacks, so checkpoints stay loadable."""
-    return _merge(DEFAULTS, config)
+    config = _merge(DEFAULTS, config)
+    validate(config)
+    return config

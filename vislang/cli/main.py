@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,32 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= low (argparse reports a bad one with the usage, exit 2)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text}")
+        return value
+    parse.__name__ = "whole number"  # argparse names it on a ValueError: "invalid whole number value: 'abc'"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def word(text: str) -> str:
+    """An argparse type: a non-empty string (an empty one is more likely a shell slip than a choice)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def config_path(name: str) -> Path:
@@ -48,6 +75,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load(args.checkpoint, device=args.device)
     catalog = _catalog_for(model, args.data)
+    if not catalog.select(args.split):
+        splits = sorted({item.split for item in catalog})
+        raise CliError(f"the catalog at {catalog.root.resolve()} has no {args.split} items to evaluate (it has {', '.join(splits)}); choose --split")
     metrics = evaluate_model(model, catalog, args.split)
     if args.json:
         print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics}))
@@ -180,12 +210,13 @@ def cmd_goes_with(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from ..data import find_data_dir, read_catalog
-    from ..data.shards import write_shards
+    from ..data.shards import read_shard_manifest, write_shards
 
     catalog = read_catalog(find_data_dir(args.data))
     output = write_shards(catalog, Path(args.output), max_side=args.max_side, shard_size=args.shard_size)
     size = sum(p.stat().st_size for p in output.iterdir()) / 2**20
-    print(f"{len(catalog)} images written to {output} ({size:.1f} MiB); train on them with --data {output}")
+    written = read_shard_manifest(output)["count"]  # fewer than the catalog's rows when some images are unreadable
+    print(f"{written} images written to {output} ({size:.1f} MiB); train on them with --data {output}")
     return 0
 
 
@@ -213,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="describe furniture photos with the caption decoder")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--beams", type=int, default=3, help="beam width (1: greedy)")
-    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--beams", type=at_least(1), default=3, help="beam width (1: greedy)")
+    p.add_argument("--max-length", type=at_least(2), default=32, help="most tokens per caption, its start token included")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_caption)
@@ -247,20 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     b.add_argument("--data", help="catalog folder or manifest (default: the one the model was trained on, then the usual search)")
     b.add_argument("--output", required=True, help="index folder to write")
-    b.add_argument("--kinds", help="comma-separated kinds to index, e.g. rooms,products (default: all)")
+    b.add_argument("--kinds", type=word, help="comma-separated kinds to index, e.g. rooms,products (default: all)")
     b.add_argument("--factory", default="auto",
                    help="auto (exact when small, a tuned IVF when large), or a faiss factory string: Flat, IVF1024,Flat, HNSW32, ...")
-    b.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search that tuning aims at")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--target-recall", type=fraction, default=0.95, help="recall@10 vs exact search that tuning aims at")
+    b.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward pass")
     b.add_argument("--overwrite", action="store_true", help="replace an index already in --output")
     b.add_argument("--device", default=None, help="model device: cpu or cuda (default: cuda when available)")
     b.set_defaults(func=cmd_index_build)
     a = index_sub.add_parser("add", help="add new images (a catalog's new items, or image files) to an index")
     a.add_argument("--index", required=True, help="index folder")
     a.add_argument("images", nargs="*", metavar="IMAGE", help="image files to add (id: the file name without suffix)")
-    a.add_argument("--kind", default="product", help="kind of the IMAGE files (default: product)")
+    a.add_argument("--kind", type=word, default="product", help="kind of the IMAGE files (default: product)")
     a.add_argument("--data", help="catalog whose items not yet in the index are added (default without IMAGEs: the model's)")
-    a.add_argument("--kinds", help="comma-separated kinds of catalog items to add (default: all)")
+    a.add_argument("--kinds", type=word, help="comma-separated kinds of catalog items to add (default: all)")
     a.add_argument("--checkpoint", help="the index's checkpoint, if it moved (another checkpoint is refused)")
     a.add_argument("--device", default=None)
     a.set_defaults(func=cmd_index_add)
@@ -269,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index folder")
     p.add_argument("query", nargs="?", help='text query, e.g. "a bright scandinavian kitchen"')
     p.add_argument("--image", help="photo query; with a text query too: like this photo, changed as the text says")
-    p.add_argument("--k", type=int, default=10, help="results to show (default: 10)")
+    p.add_argument("--k", type=at_least(1), default=10, help="results to show (default: 10)")
     p.add_argument("--kind", help="search only this kind: room or product (default: all)")
-    p.add_argument("--rerank", type=int, metavar="N", help="re-score the top N with the matching head (text queries)")
-    p.add_argument("--text-weight", type=float, help="weight of the text in a photo+text query, 0 to 1 (default: the API's)")
+    p.add_argument("--rerank", type=at_least(1), metavar="N", help="re-score the top N with the matching head (text queries)")
+    p.add_argument("--text-weight", type=fraction, help="weight of the text in a photo+text query, 0 to 1 (default: the API's)")
     p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -281,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("goes-with", help="products that go with a product: found in rooms with products like it")
     p.add_argument("--index", required=True, help="index folder with rooms and products")
     p.add_argument("query", metavar="PRODUCT_ID|IMAGE")
-    p.add_argument("--k", type=int, default=10, help="products to show (default: 10)")
-    p.add_argument("--rooms", type=int, default=10, help="rooms to draw them from (default: 10)")
+    p.add_argument("--k", type=at_least(1), default=10, help="products to show (default: 10)")
+    p.add_argument("--rooms", type=at_least(1), default=10, help="rooms to draw them from (default: 10)")
     p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
@@ -299,11 +330,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.catalog import ManifestError
     from ..data.images import ImageLoadError
     from ..data.locate import DataNotFoundError
+    from ..devices import DeviceError
     from ..data.shards import ShardError
     from ..models.registry import PretrainedUnavailableError
     from ..search.errors import SearchError
 
-    return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DownloadError, SourceLayoutError,
+    return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DeviceError, DownloadError, SourceLayoutError,
             ImageLoadError, ManifestError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError,
             FileNotFoundError, NotADirectoryError)
 
@@ -312,13 +344,28 @@ def run_for_user(name: str, work: Callable[[], int | None]) -> int:
     """Run `work` and return its exit code: a known failure prints "NAME: error: message" and
     gives 2, Ctrl-C gives 130, anything else is a bug and keeps its traceback. The demos use it too."""
     try:
-        return work() or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+            return work() or 0
     except _user_errors() as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(name: str, show: Callable[..., None]) -> Callable[..., None]:
+    """The package's own warnings (skipped rows, unreadable images) as "NAME: warning: message";
+    a library's keep Python's format, whose source line helps whoever reports them."""
+    package = Path(__file__).resolve().parents[1]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if Path(filename).resolve().is_relative_to(package):
+            print(f"{name}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return show_warning
 
 
 def main(argv: list[str] | None = None) -> int:

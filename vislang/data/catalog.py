@@ -209,7 +209,12 @@ def read_catalog(location: str | Path) -> Catalog:
 
     location = Path(location)
     if location.is_file():
-        return read_manifest(location)
-    if is_shard_folder(location):
-        return read_shards(location)
-    return read_ikea(location)
+        catalog = read_manifest(location)
+    elif is_shard_folder(location):
+        catalog = read_shards(location)
+    else:
+        catalog = read_ikea(location)
+    if not catalog.items:  # every command needs images: stop here rather than with empty results
+        skipped = f" ({len(catalog.problems)} rows skipped; first: {catalog.problems[0]})" if catalog.problems else ""
+        raise ManifestError(f"{location}: the catalog holds no usable images{skipped}")
+    return catalog

@@ -18,6 +18,7 @@ import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
@@ -81,7 +82,10 @@ def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size
     if max_side < 16 or shard_size < 1:
         raise ShardError("--max-side must be at least 16 and --shard-size at least 1")
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except NotADirectoryError as err:  # its message would name the hidden partial folder
+        raise NotADirectoryError(f"cannot create {output}: part of its path is a file, not a folder") from err
     skipped, taken, counts = SkipCounter(), set(), {}
     try:
         with wds.ShardWriter(str(partial / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
@@ -94,6 +98,8 @@ def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size
                 sink.write({"__key__": _key(item.id, taken), extension: data, "json": _record(item)})
                 counts[f"{item.split}/{item.kind}"] = counts.get(f"{item.split}/{item.kind}", 0) + 1
         skipped.warn()
+        if not counts:
+            raise ShardError(f"nothing written: none of the catalog's {len(catalog)} images could be read")
         shards = sorted(p.name for p in partial.glob("shard-*.tar"))
         manifest = {"format": FORMAT, "version": 1, "shards": shards, "count": sum(counts.values()), "counts": counts,
                     "max_side": max_side, "source": str(catalog.root)}
@@ -104,6 +110,11 @@ def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size
     return output
 
 
+def read_shard_manifest(folder: Path) -> dict[str, Any]:
+    """A shard folder's manifest: its shard files and how many images of each split and kind they hold."""
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
 def read_shards(folder: Path) -> Catalog:
     """The catalog stored in a shard folder; image paths point inside its shards."""
     import tarfile
@@ -111,7 +122,7 @@ def read_shards(folder: Path) -> Catalog:
     folder = Path(folder)
     if not is_shard_folder(folder):
         raise ShardError(f"{folder} is not a vislang shard folder (no {MANIFEST} of format {FORMAT!r})")
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_shard_manifest(folder)
     items: list[Item] = []
     for name in manifest["shards"]:
         shard = folder / name

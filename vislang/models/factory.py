@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
-from ..config import ConfigError
 from .model import VisLangModel
 from .text_tower import resolve_text_source
 from .tokenizer import Tokenizer, create_tokenizer
@@ -25,8 +24,6 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     source = resolve_text_source(text["name"]) if text["kind"] == "hf" else text["name"]
     tokenizer = create_tokenizer(text, source)
     decoder = model_cfg["decoder"]
-    if decoder["vocab"] not in ("captions", "tokenizer"):
-        raise ConfigError(f"model.decoder.vocab must be captions or tokenizer, not {decoder['vocab']!r}")
     builds_vocab = decoder["enabled"] and decoder["vocab"] == "captions" and not decoder["token_ids"]
     if builds_vocab and not captions:
         raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import build_tower, unavailable
+from ..config import ConfigError
+from .registry import build_tower, unavailable, unknown_name
 
 OFFLINE_HINT = "set model.image.pretrained=false (in the config or on the command line) to start from random weights"
 
@@ -24,6 +25,8 @@ class TimmImageTower(nn.Module):
         super().__init__()
         import timm
 
+        if not timm.is_model(name) and not name.startswith(("hf-hub:", "hf_hub:")):
+            raise unknown_name("model.image.name", name, "timm", timm.list_models())
         try:
             self.body = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="", **kwargs)
         except RuntimeError as err:
@@ -56,7 +59,9 @@ class OpenClipImageTower(nn.Module):
 
         tag = pretrained if isinstance(pretrained, str) else None
         if pretrained is True:
-            raise ValueError("for open_clip towers, set pretrained to a tag such as 'laion2b_s34b_b88k'")
+            raise ConfigError("for open_clip towers, set model.image.pretrained to a tag such as 'laion2b_s34b_b88k'")
+        if open_clip.get_model_config(name) is None and not name.startswith("hf-hub:"):
+            raise unknown_name("model.image.name", name, "open_clip", open_clip.list_models())
         try:
             model = open_clip.create_model(name, pretrained=tag, force_image_size=image_size, **kwargs)
         except (RuntimeError, OSError) as err:

