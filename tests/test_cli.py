@@ -29,6 +29,13 @@ def test_version():
     assert result.returncode == 0 and result.stdout.startswith("vislang ")
 
 
+def test_the_command_line_loads_torch_only_for_a_command_and_faiss_only_for_search():
+    probe = ("import sys, vislang, vislang.cli.main; before = 'torch' in sys.modules; "
+             "import vislang.train, vislang.eval; vislang.load; print(before, 'torch' in sys.modules, 'faiss' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.split() == ["False", "True", "False"], result.stderr
+
+
 def test_missing_data_path_is_one_clear_line_and_exit_2(tmp_path):
     result = run_cli("train", "--config", "tiny", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run"))
     assert result.returncode == 2
