@@ -92,7 +92,7 @@ def test_prepare_counts_the_images_it_wrote_and_refuses_a_catalog_without_any(tm
     out, err = capsys.readouterr()
     assert out.startswith("2 images written")  # 3 rows were read; one image of them is corrupt
     warned = [line for line in err.splitlines() if "warning" in line.lower()]
-    assert len(warned) == 2 and all(line.startswith("vislang data: warning: ") for line in warned), err
+    assert len(warned) == 2 and all(line.startswith("vislang data prepare: warning: ") for line in warned), err
     assert "UserWarning" not in err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -67,6 +67,8 @@ def test_checkpoint_round_trip_is_bit_exact(trained_run, tiny_catalog, tmp_path)
     assert np.array_equal(first.encode_images(pil), a_img)
     # Batch size changes padding and BLAS shapes, so across batchings only closeness holds.
     assert np.allclose(first.encode_texts(texts, batch_size=2), a_txt, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        first.encode_images(images, batch_size=0)
 
 
 def test_the_hubness_bank_holds_the_finished_model_s_training_embeddings(trained_run, tiny_catalog):

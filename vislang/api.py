@@ -19,6 +19,14 @@ class MissingHeadError(ValueError):
     """The model was trained without the head a call needs."""
 
 
+def batch_starts(count: int, batch_size: int) -> range:
+    """The first index of each batch of `batch_size` over `count` items (a size below 1 is refused,
+    not left to loop forever or fail inside range())."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    return range(0, count, batch_size)
+
+
 class VisLang:
     """A trained model ready for inference. Embeddings are float32 rows with unit L2 norm."""
 
@@ -37,7 +45,7 @@ class VisLang:
     def encode_images(self, items: Sequence[ImageLike], batch_size: int = 64) -> np.ndarray:
         """Paths or PIL images -> [N, D]; an unreadable image raises ImageLoadError naming it."""
         out = [np.zeros((0, self.model.cfg["embed_dim"]), np.float32)]
-        for start in range(0, len(items), batch_size):
+        for start in batch_starts(len(items), batch_size):
             pixels = to_pixels(items[start : start + batch_size], self.image_size).to(self.device)
             out.append(self.model.encode_image(pixels).float().cpu().numpy())
         return np.concatenate(out)
@@ -46,7 +54,7 @@ class VisLang:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Strings -> [N, D]."""
         out = [np.zeros((0, self.model.cfg["embed_dim"]), np.float32)]
-        for start in range(0, len(texts), batch_size):
+        for start in batch_starts(len(texts), batch_size):
             ids, mask = self.tokenizer(list(texts[start : start + batch_size]))
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
         return np.concatenate(out)
@@ -82,7 +90,7 @@ class VisLang:
         if len(images) != len(texts):
             raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
         logits, overlaps = [np.zeros(0, np.float32)], []
-        for start in range(0, len(texts), batch_size):
+        for start in batch_starts(len(texts), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
@@ -119,7 +127,7 @@ class VisLang:
                     batch_size: int) -> list[str]:
         """Each image's `returned` best beam-search captions, best first, image after image."""
         captions: list[str] = []
-        for start in range(0, len(images), batch_size):
+        for start in batch_starts(len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
             memory, copy_ids = self.model.decoder_memory(memory, image_emb)

@@ -370,4 +370,5 @@ def _one_line_warnings(name: str, show: Callable[..., None]) -> Callable[..., No
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_for_user(f"vislang {args.command}", lambda: args.func(args))
+    words = [args.command, getattr(args, "data_command", None), getattr(args, "index_command", None)]
+    return run_for_user(" ".join(["vislang", *filter(None, words)]), lambda: args.func(args))

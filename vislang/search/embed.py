@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..api import VisLang
+from ..api import VisLang, batch_starts
 from ..data.images import ImageLike, ImageLoadError, SkipCounter
 
 
@@ -20,7 +20,7 @@ def embed_images(model: VisLang, images: Sequence[ImageLike], batch_size: int = 
     kept: list[int] = []
     skipped = SkipCounter()
     with tqdm(total=len(images), desc="embedding images", unit="img", disable=not progress) as bar:
-        for start in range(0, len(images), batch_size):
+        for start in batch_starts(len(images), batch_size):
             batch = list(images[start : start + batch_size])
             try:
                 vectors.append(model.encode_images(batch, batch_size=len(batch)))
