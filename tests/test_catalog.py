@@ -106,3 +106,16 @@ def test_sampler_positives_and_no_leak_from_other_splits(tiny_catalog):
     first = [b.items for b in sampler.epoch(3)]
     assert first == [b.items for b in sampler.epoch(3)]  # an epoch replays exactly (resume relies on it)
     assert first != [b.items for b in sampler.epoch(4)]
+
+
+def test_sampler_fills_a_batch_larger_than_the_non_room_images_and_draws_rooms_without_links(tiny_catalog):
+    train = read_catalog(tiny_catalog).select("train")
+    rooms = {i for i, item in enumerate(train) if item.links}
+    size = len(train) - len(rooms) + 1  # one more than the products: a batch needs a room beyond the quota
+    for cfg in ({"rooms_per_batch": 0}, {"room_links": False}, {"rooms_per_batch": 1, "linked_per_room": 0}):
+        sampler = PairSampler(train, {**DEFAULTS["data"], **cfg}, batch_size=size, seed=0)
+        batches = list(sampler.epoch(0))  # used to loop forever
+        assert batches and all(len(set(b.items)) == len(b.items) == size for b in batches)
+    unlinked = PairSampler(train, {**DEFAULTS["data"], "room_links": False}, batch_size=4, seed=0)
+    drawn = {i for epoch in range(5) for b in unlinked.epoch(epoch) for i in b.items}
+    assert rooms and rooms <= drawn  # without room links, rooms are still trained on, as plain images

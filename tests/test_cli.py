@@ -108,7 +108,7 @@ def test_damaged_checkpoint_and_manifest_are_one_line_errors(tiny_catalog, tmp_p
 
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr must be a number"),
-    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.batch_size=0", "train.batch_size must be >= 2"),
     ("train.epochs=-1", "train.epochs must be >= 1"),
     ("model.image.image_size=abc", "model.image.image_size must be a whole number"),
     ("model.embed_dim=0", "model.embed_dim must be >= 1"),
@@ -118,6 +118,10 @@ def test_damaged_checkpoint_and_manifest_are_one_line_errors(tiny_catalog, tmp_p
     ("model.lexical=1", "model.lexical must be true or false"),
     ("train.max_minutes=0", "train.max_minutes must be > 0"),
     ("model.matching.width=30", "model.matching.width (30) must be a multiple of model.matching.heads (4)"),
+    ("train.lr=inf", "train.lr must be a number"),
+    ("train.batch_size=1", "train.batch_size must be >= 2"),
+    ("seed=-1", "seed must be from 0 to 2**32 - 1"),
+    ("train.lr=[", "override 'train.lr=[': the value is not valid YAML"),
 ])
 def test_config_values_are_checked_for_type_and_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

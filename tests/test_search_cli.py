@@ -124,6 +124,12 @@ def test_bad_input_is_one_line_and_exit_2(built, tiny_catalog, tmp_path, capsys)
     assert "unknown kind" in one_line_error(capsys, "search", "--index", str(index), "a chair", "--kind", "sofa")
     assert "needs a text" in one_line_error(capsys, "search", "--index", str(index), "--image", str(tiny_catalog / "images" / "products" / "000.000.00.jpg"), "--rerank", "3")
     assert "--overwrite" in one_line_error(capsys, "index", "build", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--output", str(index))
+    shards = tmp_path / "shards"  # another tool's manifest.json: --overwrite must not replace it
+    shards.mkdir()
+    (shards / "manifest.json").write_text('{"format": "vislang-shards"}')
+    assert "not a vislang index" in one_line_error(capsys, "index", "build", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog),
+                                                   "--output", str(shards), "--overwrite")
+    assert (shards / "manifest.json").read_text() == '{"format": "vislang-shards"}'
     assert "needs at least 64 vectors" in one_line_error(
         capsys, "index", "build", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--output", str(tmp_path / "x"),
         "--factory", "IVF64,Flat")

@@ -18,7 +18,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .config import resolve
+from .config import ConfigError, resolve
 from .models import Tokenizer, VisLangModel, create_model
 
 LATEST = "latest"
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     folder = find_checkpoint(path)
     try:
         config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
-    except (OSError, yaml.YAMLError, TypeError, AttributeError) as err:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ConfigError) as err:
         raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({' '.join(str(err).split())})") from err
     model_cfg = _offline_model_config(config["model"], folder)
     model, tokenizer = create_model(model_cfg)

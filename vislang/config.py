@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {"model.head": ("linear", "mlp"), "model.d
 _AT_LEAST_1 = (
     "model.embed_dim", "model.image.image_size", "model.text.max_length", "model.matching.width",
     "model.matching.layers", "model.matching.heads", "model.decoder.width", "model.decoder.layers",
-    "model.decoder.heads", "model.hubness.k", "train.batch_size", "train.epochs",
+    "model.decoder.heads", "model.hubness.k", "train.epochs",
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
 )
 _AT_LEAST_0 = (
@@ -129,6 +130,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{key: (lambda v: v > 0, "> 0") for key in _ABOVE_0},
     **{key: (lambda v: 0 <= v <= 1, "between 0 and 1") for key in _FRACTION},
     "model.decoder.max_length": (lambda v: v >= 2, ">= 2 (a start token and one word)"),
+    "train.batch_size": (lambda v: v >= 2, ">= 2 (each image's negatives are the batch's other texts)"),
+    "seed": (lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
     "data.augment.scale": (lambda v: len(v) == 2 and all(_is_number(x) for x in v) and 0 < v[0] <= v[1] <= 1,
                            "[low, high] with 0 < low <= high <= 1"),
     "model.decoder.token_ids": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) for x in v),
@@ -141,7 +144,7 @@ class ConfigError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _has_type(value: Any, expected: type) -> bool:
@@ -203,13 +206,20 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override must look like key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_one_line(err)})") from err
     if isinstance(value, str):
         value = _number_or_none(value)
     nested: dict[str, Any] = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     return nested
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _number_or_none(text: str) -> Any:
@@ -233,8 +243,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
                 loaded = yaml.safe_load(handle) or {}
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {_one_line(err)}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
         config = _merge(config, loaded)

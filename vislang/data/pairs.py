@@ -48,6 +48,9 @@ class PairSampler:
         rng.shuffle(others)
         rng.shuffle(rooms)
         room_quota = self.cfg["rooms_per_batch"] if self.cfg["room_links"] else 0
+        if not room_quota:  # rooms drawn by no quota are drawn like any other image
+            others += rooms
+            rng.shuffle(others)
         for number in range(len(self)):
             chosen: dict[int, None] = {}
             for k in range(min(room_quota, len(rooms))):
@@ -59,9 +62,12 @@ class PairSampler:
                     chosen[j] = None
             stream = others if others else rooms
             offset = number * self.batch_size
-            while len(chosen) < self.batch_size:
-                chosen[stream[offset % len(stream)]] = None
-                offset += 1
+            # One pass over the stream from this batch's offset, then the rooms: a batch larger than
+            # the non-room images (batch_size is at most the item count) still fills, and ends.
+            for index in [stream[(offset + k) % len(stream)] for k in range(len(stream))] + rooms:
+                if len(chosen) >= self.batch_size:
+                    break
+                chosen[index] = None
             indices = list(chosen)[: self.batch_size]
             texts = [self._pick_text(i, rng) for i in indices]
             links = self.links(indices)

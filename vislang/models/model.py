@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from .color import ColorHistogram
 from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
@@ -55,7 +56,7 @@ class VisLangModel(nn.Module):
         if cfg["matching"]["enabled"]:
             m, d = cfg["matching"], cfg["decoder"]
             if m["neighbour_overlap"] and not (d["enabled"] and d["neighbours"]):
-                raise ValueError("model.matching.neighbour_overlap reads the decoder's retrieved captions: "
+                raise ConfigError("model.matching.neighbour_overlap reads the decoder's retrieved captions: "
                                  "set model.decoder.enabled=true and model.decoder.neighbours > 0")
             self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"],
                                          m["heads"], overlap_ranks=d["neighbours"] if m["neighbour_overlap"] else 0)
@@ -67,7 +68,7 @@ class VisLangModel(nn.Module):
                                           heads=d["heads"], max_length=d["max_length"], copy=d["copy"],
                                           **self.caption_vocab.special_ids(special_ids))
             if d["copy"] and not d["neighbours"]:
-                raise ValueError("model.decoder.copy copies from retrieved captions: set model.decoder.neighbours > 0")
+                raise ConfigError("model.decoder.copy copies from retrieved captions: set model.decoder.neighbours > 0")
             if d["neighbours"]:
                 self.neighbours = CaptionNeighbours(d["store_size"], d["max_length"], d["neighbours"], len(self.caption_vocab),
                                                     self.image_tower.token_width, cfg["embed_dim"], self.decoder.pad_id)

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError
 from .registry import unavailable
-from .text_tower import OFFLINE_HINT
+from .text_tower import OFFLINE_HINT, TEXT_TOWERS
 
 
 class Tokenizer:
@@ -28,7 +29,7 @@ class Tokenizer:
             # The context length is the model config's: its positional table and attention mask are built for it.
             self._tok = open_clip.get_tokenizer(source)
         else:
-            raise ValueError(f"unknown tokenizer kind {kind!r}")
+            raise ConfigError(f"unknown text tower kind {kind!r}; choose from {sorted(TEXT_TOWERS)}")
 
     @property
     def special_ids(self) -> dict[str, int]:

@@ -367,7 +367,20 @@ class Index:
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
-    if (Path(path) / MANIFEST).is_file() and not overwrite:
+    """Refuse an output that is a file, that holds another format's manifest.json (a shard folder:
+    --overwrite would destroy it), or that holds an index when `overwrite` is not given."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not an index folder: choose another --output")
+    if not (path / MANIFEST).is_file():
+        return
+    try:
+        foreign = json.loads((path / MANIFEST).read_text()).get("format") != FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        foreign = False  # unreadable: a damaged index of ours, which --overwrite may replace
+    if foreign:
+        raise FileExistsError(f"{path} holds a {MANIFEST} that is not a vislang index's (a shard folder?): choose another --output")
+    if not overwrite:
         raise FileExistsError(f"{path} already holds an index: pass --overwrite to replace it, or use `vislang index add`")
 
 
