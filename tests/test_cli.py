@@ -135,9 +135,12 @@ def test_every_shipped_config_and_the_nullable_keys_pass_validation():
     assert config["train"]["max_minutes"] == 2.5 and config["train"]["threads"] is None
 
 
-def test_an_unknown_image_model_name_is_a_config_error_with_near_names():
+def test_an_unknown_image_model_name_or_keyword_is_a_config_error():
     with pytest.raises(ConfigError, match="timm has no model named 'resnet10'.*resnet10t"):
         create_model(load_config(None, ["model.image.name=resnet10", "model.text.pretrained=false"])["model"])
+    for tower in ("image", "text"):
+        with pytest.raises(ConfigError, match=rf"model.{tower}.kwargs \['foo'\]"):
+            create_model(load_config(None, [f"model.{tower}.kwargs={{foo: 1}}", "model.image.image_size=32"])["model"])
 
 
 def test_a_device_this_machine_lacks_is_a_clear_error(capsys):

@@ -35,6 +35,8 @@ class TimmImageTower(nn.Module):
             raise
         except OSError as err:  # hub download failures surface as OSError subclasses
             raise unavailable(f"timm model {name!r}", err, OFFLINE_HINT) from err
+        except TypeError as err:  # a keyword the model class does not take
+            raise ConfigError(f"model.image.kwargs {sorted(kwargs)}: {err}") from err
         self.width = self.token_width = self.body.num_features
         self.prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
 

@@ -52,6 +52,8 @@ class HFTextTower(nn.Module):
                 self.body = AutoModel.from_config(AutoConfig.from_pretrained(self.source, **kwargs))
         except OSError as err:
             raise unavailable(f"Hugging Face text model {self.source!r}", err, OFFLINE_HINT) from err
+        except TypeError as err:  # a keyword the model class does not take
+            raise ConfigError(f"model.text.kwargs {sorted(kwargs)}: {err}") from err
         self.width = self.token_width = self.body.config.hidden_size
 
     def save_architecture(self, folder: Path) -> None:
