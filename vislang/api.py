@@ -1,6 +1,7 @@
 """The Python API: load a trained model and embed images and texts."""
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,7 @@ class MissingHeadError(ValueError):
 def batch_starts(count: int, batch_size: int) -> range:
     """The first index of each batch of `batch_size` over `count` items (a size below 1 is refused,
     not left to loop forever or fail inside range())."""
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:  # numpy ints are Integral too
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     return range(0, count, batch_size)
 
