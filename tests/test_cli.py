@@ -158,7 +158,7 @@ def test_a_device_this_machine_lacks_is_a_clear_error(capsys):
     (["caption", "--checkpoint", "c", "--beams", "0", "x.jpg"], "--beams: must be a whole number >= 1"),
     (["index", "build", "--checkpoint", "c", "--output", "o", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     (["index", "build", "--checkpoint", "c", "--output", "o", "--target-recall", "2"], "--target-recall: must be between 0 and 1"),
-    (["index", "build", "--checkpoint", "c", "--output", "o", "--kinds", ""], "--kinds: must not be empty"),
+    (["index", "build", "--checkpoint", "c", "--output", "o", "--kinds", ","], "--kinds: must name at least one kind"),
     (["index", "add", "--index", "i", "--kind", "", "x.jpg"], "--kind: must not be empty"),
     (["search", "--index", "i", "q", "--k", "abc"], "--k: invalid whole number value: 'abc'"),
 ])
@@ -166,3 +166,8 @@ def test_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_text_weight_without_both_queries_is_refused_before_the_index_is_read(capsys):
+    assert main(["search", "--index", "nowhere", "a sofa", "--text-weight", "0.5"]) == 2
+    assert "--text-weight weighs a text query against a photo query" in capsys.readouterr().err

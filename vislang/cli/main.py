@@ -46,6 +46,13 @@ def word(text: str) -> str:
     return text
 
 
+def kind_names(text: str) -> str:
+    """An argparse type: comma-separated kinds with at least one name ("," alone would mean every kind)."""
+    if not any(name.strip() for name in text.split(",")):
+        raise argparse.ArgumentTypeError(f"must name at least one kind, got {text!r}")
+    return text
+
+
 def config_path(name: str) -> Path:
     """A config file path, or a bare name ("ikea-cpu") looked up in ./configs and the installed package."""
     path = Path(name)
@@ -173,6 +180,8 @@ def _open_index(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.text_weight is not None and not (args.image and args.query):
+        raise CliError("--text-weight weighs a text query against a photo query: give both, or leave it out")
     index = _open_index(args)
     text = args.query if args.query or not args.image else None  # "" beside --image: a photo query
     weight = {} if args.text_weight is None else {"text_weight": args.text_weight}
@@ -278,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     b.add_argument("--data", help="catalog folder or manifest (default: the one the model was trained on, then the usual search)")
     b.add_argument("--output", required=True, help="index folder to write")
-    b.add_argument("--kinds", type=word, help="comma-separated kinds to index, e.g. rooms,products (default: all)")
+    b.add_argument("--kinds", type=kind_names, help="comma-separated kinds to index, e.g. rooms,products (default: all)")
     b.add_argument("--factory", default="auto",
                    help="auto (exact when small, a tuned IVF when large), or a faiss factory string: Flat, IVF1024,Flat, HNSW32, ...")
     b.add_argument("--target-recall", type=fraction, default=0.95, help="recall@10 vs exact search that tuning aims at")
@@ -291,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("images", nargs="*", metavar="IMAGE", help="image files to add (id: the file name without suffix)")
     a.add_argument("--kind", type=word, default="product", help="kind of the IMAGE files (default: product)")
     a.add_argument("--data", help="catalog whose items not yet in the index are added (default without IMAGEs: the model's)")
-    a.add_argument("--kinds", type=word, help="comma-separated kinds of catalog items to add (default: all)")
+    a.add_argument("--kinds", type=kind_names, help="comma-separated kinds of catalog items to add (default: all)")
     a.add_argument("--checkpoint", help="the index's checkpoint, if it moved (another checkpoint is refused)")
     a.add_argument("--device", default=None)
     a.set_defaults(func=cmd_index_add)
