@@ -18,7 +18,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from .config import ConfigError, resolve
+from .config import ConfigError, one_line, resolve
 from .models import Tokenizer, VisLangModel, create_model
 
 LATEST = "latest"
@@ -86,7 +86,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
     except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ConfigError) as err:
-        raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({' '.join(str(err).split())})") from err
+        raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({one_line(err)})") from err
     model_cfg = _offline_model_config(config["model"], folder)
     model, tokenizer = create_model(model_cfg)
     load_weights(model, folder, device)

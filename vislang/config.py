@@ -209,7 +209,7 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_one_line(err)})") from err
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({one_line(err)})") from err
     if isinstance(value, str):
         value = _number_or_none(value)
     nested: dict[str, Any] = value
@@ -218,7 +218,8 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def _one_line(err: Exception) -> str:
+def one_line(err: Exception) -> str:
+    """An exception's message with its newlines folded: the CLI prints errors as one line."""
     return " ".join(str(err).split())
 
 
@@ -244,7 +245,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
         except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {_one_line(err)}") from err
+            raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {one_line(err)}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
         config = _merge(config, loaded)

@@ -6,6 +6,7 @@ catalog caption with probability `caption_prob`, otherwise one of its other text
 """
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -64,7 +65,7 @@ class PairSampler:
             offset = number * self.batch_size
             # One pass over the stream from this batch's offset, then the rooms: a batch larger than
             # the non-room images (batch_size is at most the item count) still fills, and ends.
-            for index in [stream[(offset + k) % len(stream)] for k in range(len(stream))] + rooms:
+            for index in itertools.chain((stream[(offset + k) % len(stream)] for k in range(len(stream))), rooms):
                 if len(chosen) >= self.batch_size:
                     break
                 chosen[index] = None
