@@ -4,6 +4,7 @@ import pytest
 from vislang.data.catalog import Catalog, Item
 from vislang.eval import chance_levels, evaluate
 from vislang.eval.retrieval import coverage_at_k, recall_at_k
+from vislang.models.room_vote import room_vote
 
 
 def test_recall_at_k_hand_case():
@@ -90,3 +91,39 @@ def test_room_to_products_scores_a_product_by_its_photo_and_its_caption(tmp_path
     metrics = evaluate(_CaptionOnlyLinkEncoder(catalog), catalog, "test")
     assert metrics["room2product_photos_r50"] == 0.0  # 55 photos score above the product's photo
     assert metrics["room2products_r50"] == 1.0  # its caption lifts it to the top
+
+
+def test_room_vote_hand_case():
+    queries = np.array([[1.0, 0.0]])
+    rooms = np.array([[1.0, 0.0], [0.0, 1.0]])  # the first looks exactly like the query, the second not at all
+    links = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    expected = np.array([[1.0, np.exp(-10.0), 1.0]])  # exp((cos - 1) / 0.1)
+    np.testing.assert_allclose(room_vote(queries, rooms, links, 0.1), expected, rtol=1e-6)
+    dropped = room_vote(queries, rooms, links, 0.1, exclude=np.array([[True, False]]))
+    np.testing.assert_allclose(dropped, [[0.0, np.exp(-10.0), 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        room_vote(queries, rooms, links, 0.0)
+
+
+class _LookalikeRoomEncoder(_CaptionOnlyLinkEncoder):
+    """As above, but the target's caption reads like nothing either; only a training room that looks
+    like the test room, and lists the target, can find it."""
+
+    def encode_texts(self, texts, batch_size=256):
+        return np.asarray([[0.0, 0.0, 1.0] for _ in texts], np.float32)
+
+    def room_vote(self, queries, rooms, links, exclude=None):
+        return 2.0 * room_vote(queries, rooms, links, 0.1, exclude)
+
+
+def test_room_to_products_adds_the_votes_of_lookalike_training_rooms(tmp_path):
+    items = [Item(f"d{i}", "product", tmp_path / f"d{i}.jpg", (f"D{i} Lamp, White",), "train") for i in range(55)]
+    items.append(Item("target", "product", tmp_path / "t.jpg", ("Target Sofa, Grey",), "train"))
+    items.append(Item("seen", "room", tmp_path / "s.jpg", ("a room",), "train", ("target",), {"category": "Living room"}))
+    items.append(Item("r", "room", tmp_path / "r.jpg", ("a living room",), "test", ("target",), {"category": "Living room"}))
+    catalog = Catalog(items, tmp_path)
+    encoder = _LookalikeRoomEncoder(catalog)
+    metrics = evaluate(encoder, catalog, "test")
+    assert metrics["room2products_embed_r50"] == 0.0  # 55 products score above the target without the vote
+    assert metrics["room2products_r50"] == 1.0  # the training room like it lists the target
+    assert evaluate(encoder, catalog, "train")["room2products_r50"] == 0.0  # a room never votes for itself

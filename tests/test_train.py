@@ -90,6 +90,18 @@ def test_the_hubness_bank_holds_the_finished_model_s_training_embeddings(trained
     np.testing.assert_allclose(penalty, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_loaded_model_votes_with_its_configured_room_vote(trained_run):
+    out, _ = trained_run
+    model = vislang.load(out, device="cpu")
+    queries, rooms = np.eye(2, dtype=np.float32), np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    links = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    # tiny.yaml: weight 1.0, temperature 0.1
+    np.testing.assert_allclose(model.room_vote(queries, rooms, links), [[1.0, np.exp(-4.0)], [np.exp(-10.0), np.exp(-2.0)]],
+                               rtol=1e-5)
+    model.config["model"]["room_vote"]["weight"] = 0.0
+    assert model.room_vote(queries, rooms, links) is None
+
+
 def test_trained_model_beats_chance_on_its_own_catalog(trained_run, tiny_catalog):
     out, _ = trained_run
     model = vislang.load(out, device="cpu")

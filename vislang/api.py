@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint
 from .devices import pick_device
 from .models.generate import generate
 from .models.hubness import check_modality
+from .models.room_vote import room_vote
 
 
 class MissingHeadError(ValueError):
@@ -70,6 +71,16 @@ class VisLang:
             return np.zeros(len(gallery), np.float32)
         rows = torch.from_numpy(np.asarray(gallery, np.float32)).to(self.device)
         return self.model.query_bank.penalty(rows, modality).float().cpu().numpy()
+
+    def room_vote(self, queries: np.ndarray, rooms: np.ndarray, links: np.ndarray,
+                  exclude: np.ndarray | None = None) -> np.ndarray | None:
+        """[Q, P]: what to add to room photos' [Q, D] cosines with products, from the training rooms
+        [R, D] that look like them and the products they list (links [R, P]; models/room_vote.py);
+        None for a model trained without model.room_vote.weight."""
+        settings = self.config["model"]["room_vote"]
+        if not settings["weight"]:
+            return None
+        return settings["weight"] * room_vote(queries, rooms, links, settings["temperature"], exclude)
 
     def _require(self, head: str, config_key: str) -> None:
         if getattr(self.model, head) is None:

@@ -3,7 +3,7 @@
 Product queries are catalog captions; products that share a caption are indistinguishable by
 it, so any of them counts as a hit. Room photo -> products searches every product and
 scores the share of the room's listed products found in the top K, each product scored by its
-photo and its catalog caption.
+photo and its catalog caption, and by the votes of the training rooms like the photo.
 """
 from __future__ import annotations
 
@@ -99,8 +99,9 @@ def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, 
 
     A product is its photo and its catalog caption, as training pairs them: its score is the
     room's similarity to the photo plus its similarity to the caption (training makes a room a
-    positive for the texts of the products it shows). `room2product_photos_r50` scores the photo
-    alone."""
+    positive for the texts of the products it shows), plus, for an encoder with `room_vote`, the
+    votes of the catalog's training rooms that look like the photo (models/room_vote.py).
+    `room2products_embed_r50` leaves the votes out; `room2product_photos_r50` scores the photo alone."""
     gallery = catalog.select(None, "product")
     position = {item.id: i for i, item in enumerate(gallery)}
     with_truth = [(r, {position[p] for p in room.links if p in position}) for r, room in enumerate(rooms)]
@@ -111,8 +112,24 @@ def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, 
     photos = queries @ image_embeddings(encoder, gallery, cache).T
     captions = queries @ encoder.encode_texts([item.caption for item in gallery]).T
     truth = [t for _, t in with_truth]
-    return {"room2products_r50": coverage_at_k(photos + captions, truth, 50),
+    vote = _training_room_vote(encoder, catalog, [rooms[r] for r, _ in with_truth], queries, position, cache)
+    return {"room2products_r50": coverage_at_k(photos + captions + (0 if vote is None else vote), truth, 50),
+            "room2products_embed_r50": coverage_at_k(photos + captions, truth, 50),
             "room2product_photos_r50": coverage_at_k(photos, truth, 50)}
+
+
+def _training_room_vote(encoder, catalog, query_rooms, queries, position, cache) -> np.ndarray | None:
+    """The encoder's room votes [Q, P] from the catalog's training rooms, or None without any. A
+    query room never votes for itself (when the evaluated split is the training split)."""
+    vote = getattr(encoder, "room_vote", None)
+    bank = [room for room in catalog.select("train", "room") if any(p in position for p in room.links)]
+    if vote is None or not bank:
+        return None
+    links = np.zeros((len(bank), len(position)), np.float32)
+    for r, room in enumerate(bank):
+        links[r, [position[p] for p in room.links if p in position]] = 1
+    exclude = np.array([[query.image == room.image for room in bank] for query in query_rooms])
+    return vote(queries, image_embeddings(encoder, bank, cache), links, exclude)
 
 
 def _room_zero_shot(encoder, catalog, rooms, room_images) -> dict[str, float]:
@@ -135,7 +152,8 @@ def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
     if rooms:
         out["room_title2image_r5"] = min(1.0, 5 / len(rooms))
         every_product = len(catalog.select(None, "product"))
-        out["room2products_r50"] = out["room2product_photos_r50"] = min(1.0, 50 / max(1, every_product))
+        out["room2products_r50"] = out["room2products_embed_r50"] = out["room2product_photos_r50"] = \
+            min(1.0, 50 / max(1, every_product))
     return out
 
 
