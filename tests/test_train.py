@@ -112,6 +112,33 @@ def test_trained_model_beats_chance_on_its_own_catalog(trained_run, tiny_catalog
     assert metrics["product_text2image_r5"] > 0.4  # chance is about 0.14 on 36 products
 
 
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_checkpoint(tiny_catalog, tmp_path, monkeypatch, capsys):
+    from vislang.cli.main import main
+    from vislang.train import loop
+
+    real_step, calls = loop.optimizer_step, []
+
+    def poisoned(model, optimizer, grad_clip, ranks):  # the 6th step's gradients go to NaN
+        calls.append(1)
+        if len(calls) == 6:
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.fill_(float("nan"))
+        return real_step(model, optimizer, grad_clip, ranks)
+
+    monkeypatch.setattr(loop, "optimizer_step", poisoned)
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(CONFIG), "--data", str(tiny_catalog), "--output", str(out), *TINY_OVERRIDES,
+                 "train.epochs=5", "train.checkpoint_every=4"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress bars aside
+    assert code == 2
+    assert len(err) == 1 and "error: training diverged: gradients not finite (" in err[0] and "towers) at step 6 " in err[0], err
+    assert f"last checkpoint is step 4 in {out}" in err[0]
+    assert find_checkpoint(out).name == "step-0000004"
+    model = vislang.load(out, device="cpu")  # the saved weights are the good ones
+    assert all(torch.isfinite(p).all() for p in model.model.parameters())
+
+
 def test_resume_continues_from_the_saved_step(tiny_catalog, tmp_path):
     out = tmp_path / "run"
     train(_config("train.epochs=2", "train.checkpoint_every=3"), data=str(tiny_catalog), output=out)

@@ -343,10 +343,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data.shards import ShardError
     from ..models.registry import PretrainedUnavailableError
     from ..search.errors import SearchError
+    from ..train.step import TrainingDiverged
 
     return (CliError, MissingHeadError, CheckpointError, ConfigError, DataNotFoundError, DeviceError, DownloadError, SourceLayoutError,
-            ImageLoadError, ManifestError, PretrainedUnavailableError, ShardError, SearchError, FileExistsError,
-            FileNotFoundError, NotADirectoryError)
+            ImageLoadError, ManifestError, PretrainedUnavailableError, ShardError, SearchError, TrainingDiverged,
+            FileExistsError, FileNotFoundError, NotADirectoryError)
 
 
 def run_for_user(name: str, work: Callable[[], int | None]) -> int:

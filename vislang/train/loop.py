@@ -32,7 +32,7 @@ from .heads_phase import ImageViews, embed_views, remember_whole_images, train_h
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
-                   optimizer_step, speed_up, text_feature_cache)
+                   optimizer_step, speed_up, text_feature_cache, TrainingDiverged)
 
 CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
 
@@ -166,6 +166,11 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         if ranks.main:
             print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
         raise
+    except TrainingDiverged as err:
+        bar.close()
+        kept = f"its last checkpoint is step {last_saved} in {run_dir}" if last_saved else "no checkpoint was saved"
+        raise TrainingDiverged(f"{err} at step {step + 1} (lr {lr:.3g}); {kept}. Lower train.lr or raise "
+                               "train.warmup_steps and train again") from None
     bar.close()
     if step != last_saved:
         # The towers are done: a run stopped in what follows (the heads phase, the bank) resumes from here.

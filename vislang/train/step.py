@@ -269,12 +269,24 @@ def speed_up(model: VisLangModel, tcfg: dict[str, Any]) -> torch.memory_format:
     return memory_format
 
 
+class TrainingDiverged(RuntimeError):
+    """The gradients stopped being finite: the weights are left as they were before the step."""
+
+
 def optimizer_step(model: VisLangModel, optimizer: torch.optim.Optimizer, grad_clip: float, ranks: Ranks) -> torch.Tensor:
-    """Average the accumulated gradients over ranks, clip, update, clear; returns the towers' norm before clipping."""
+    """Average the accumulated gradients over ranks, clip, update, clear; returns the towers' norm before clipping.
+
+    Non-finite gradients (a loss gone to NaN or inf) raise TrainingDiverged before the update:
+    clipping would turn them into NaN weights and the run would go on to save them. Every rank
+    averages the same gradients, so every rank raises together."""
     ranks.average_gradients(model)
     # Each head is clipped on its own: one norm over everything would let a head's large
     # gradient shrink the towers' step, so switching a head on would change the contrastive model.
     norms = {name: torch.nn.utils.clip_grad_norm_(params, grad_clip) for name, params in model.parameter_parts().items()}
+    bad = [name for name, norm in norms.items() if not torch.isfinite(norm)]
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"training diverged: gradients not finite ({', '.join(bad)})")
     grad_norm = norms.get("towers", next(iter(norms.values())))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
