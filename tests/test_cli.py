@@ -64,6 +64,16 @@ def test_bad_config_and_override(tmp_path):
     assert result.returncode == 2 and "unknown config key: train.nope" in result.stderr
 
 
+@pytest.mark.parametrize("text", ["0\n", "false\n", "[1, 2]\n"])
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path, text):
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(path)
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml") == load_config(None)  # an empty file is the defaults
+
+
 def test_train_eval_cli_round_trip(tiny_catalog, tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--config", "tiny", "--data", str(tiny_catalog), "--output", str(out),

@@ -1,8 +1,12 @@
 """`vislang demo`, the README's main job, on the tiny catalog: it trains once, reuses the model,
-and --retrain trains again without deleting the earlier run."""
+and --retrain trains again without deleting the earlier run; overrides a reused model was not
+trained with are refused, and a retrain that fails before it starts puts the earlier run back."""
 import json
 
+import pytest
+
 from vislang.cli.main import config_path
+from vislang.config import ConfigError
 from vislang.demo import run_demo
 
 HEADS_OFF = ["model.matching.enabled=false", "model.decoder.enabled=false"]
@@ -24,3 +28,13 @@ def test_demo_trains_once_then_reuses_and_retrain_keeps_the_earlier_run(tiny_cat
     assert f"moved the earlier run to {previous}" in capsys.readouterr().out
     assert json.loads((previous / "test_metrics.json").read_text()) == first
     assert any((out / "checkpoints").iterdir()) and (out / "test_metrics.json").is_file()
+
+    # an override the existing model was not trained with would be ignored: refused instead
+    with pytest.raises(ConfigError, match=r"trained without train.lr=0.5: pass --retrain"):
+        run_demo(config_path("tiny"), str(tiny_catalog), out, overrides=HEADS_OFF + ["train.lr=0.5"])
+    # a retrain whose model cannot be built fails before training starts: the run is put back
+    capsys.readouterr()
+    with pytest.raises(ConfigError, match="foo"):
+        run_demo(config_path("tiny"), str(tiny_catalog), out, retrain=True, overrides=HEADS_OFF + ["model.text.kind=foo"])
+    assert f"the earlier run is back in {out}" in capsys.readouterr().out
+    assert (out / "test_metrics.json").is_file() and not (tmp_path / "demo.previous-2").exists()

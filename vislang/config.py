@@ -244,11 +244,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
     if path is not None:
         try:
             with open(path, encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle) or {}
+                loaded = yaml.safe_load(handle)
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {one_line(err)}") from err
+        if loaded is None:  # an empty file: the defaults (a file holding 0 or false is no config)
+            loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
         config = _merge(config, loaded)

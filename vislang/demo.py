@@ -6,10 +6,11 @@ import random
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .api import load
 from .checkpoint import CheckpointError, find_checkpoint
-from .config import load_config
+from .config import ConfigError, load_config, resolve
 from .data import find_data_dir, read_catalog
 from .eval.report import evaluate_model, format_report
 from .eval.retrieval import ImageCache, image_embeddings
@@ -26,11 +27,22 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
         checkpoint = find_checkpoint(output)
     except CheckpointError:
         checkpoint = None
-    if retrain and output.exists():
-        print(f"moved the earlier run to {_move_aside(output)}")
+    unused = [] if checkpoint is None or retrain else _unused_overrides(overrides, config, checkpoint)
+    if unused:
+        raise ConfigError(f"{output} holds a model trained without {', '.join(unused)}: pass --retrain to train one "
+                          f"with them (the earlier run is kept as {output.name}.previous), or choose another --output")
+    moved = _move_aside(output) if retrain and output.exists() else None
+    if moved is not None:
+        print(f"moved the earlier run to {moved}")
         checkpoint = None
     if checkpoint is None:
-        train(config, data=str(data_dir), output=output, resume=False)
+        try:
+            train(config, data=str(data_dir), output=output, resume=False)
+        except BaseException:
+            if moved is not None and not output.exists():  # failed before writing anything: put the run back
+                moved.rename(output)
+                print(f"training failed before it started; the earlier run is back in {output}")
+            raise
     else:
         print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
     model = load(output)
@@ -44,6 +56,22 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
     print(f"\nresults grid: {grid}\nresults page: {page}")
     return metrics
+
+
+def _unused_overrides(overrides: list[str], config: dict, checkpoint: Path) -> list[str]:
+    """The key=value overrides whose value differs from the one the checkpoint was trained with."""
+    saved = resolve(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))
+
+    def value_at(tree: dict, key: str):
+        for part in key.split("."):
+            tree = tree.get(part, _MISSING) if isinstance(tree, dict) else _MISSING
+        return tree
+
+    keys = [text.split("=", 1)[0].strip() for text in overrides]
+    return [text for text, key in zip(overrides, keys) if value_at(config, key) != value_at(saved, key)]
+
+
+_MISSING = object()
 
 
 def _move_aside(output: Path) -> Path:
