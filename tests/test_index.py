@@ -313,7 +313,7 @@ def test_goes_with_ranks_products_of_rooms_with_look_alikes(index, catalog):
 
 
 def test_goes_with_refuses_unknown_ids_and_missing_images(index):
-    with pytest.raises(QueryError, match="unknown product id"):
+    with pytest.raises(QueryError, match="unknown id"):
         index.goes_with("999.999.99")
     with pytest.raises(ImageLoadError, match="image not found"):
         index.goes_with("photos/my-sofa.jpg")

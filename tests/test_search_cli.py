@@ -82,6 +82,8 @@ def test_goes_with_by_id_and_by_photo(built, tiny_catalog, capsys):
     photo = str(tiny_catalog / "images" / "products" / "000.000.00.jpg")
     code, out, _ = run(capsys, "goes-with", "--index", str(index), photo, "--k", "3")
     assert code == 0 and "goes with:" in out
+    code, out, _ = run(capsys, "goes-with", "--index", str(index), "room00", "--k", "3", "--json")  # a room: from its photo
+    assert code == 0 and json.loads(out)["products"]
 
 
 def test_add_image_files_then_find_them(built, tiny_catalog, tmp_path, capsys):
@@ -96,6 +98,12 @@ def test_add_image_files_then_find_them(built, tiny_catalog, tmp_path, capsys):
     assert {hit["id"] for hit in json.loads(out)["results"]} == {"my-new-lamp", "005.000.00"}
     code, out, _ = run(capsys, "index", "add", "--index", str(copy), "--data", str(tiny_catalog), "--checkpoint", str(checkpoint))
     assert code == 0 and "added 0 images" in out  # the catalog is in already
+    code, out, err = run(capsys, "index", "add", "--index", str(copy), str(new), "--kind", "product")
+    assert code == 0 and "added 0 images" in out
+    assert err == [f"vislang index add: warning: {new} not added: the index already holds a product with id 'my-new-lamp' "
+                   "(rename the file to add it as another item)"]
+    assert "no items of kind sofa (the items are of kind product, room)" in one_line_error(
+        capsys, "index", "add", "--index", str(copy), "--data", str(tiny_catalog), "--kinds", "sofa")
 
 
 def one_line_error(capsys, *argv: str) -> str:
@@ -120,7 +128,7 @@ def test_bad_input_is_one_line_and_exit_2(built, tiny_catalog, tmp_path, capsys)
     not_image = tmp_path / "photo.jpg"
     not_image.write_text("this is text, not a JPEG")
     assert "not a readable image" in one_line_error(capsys, "search", "--index", str(index), "--image", str(not_image))
-    assert "unknown product id" in one_line_error(capsys, "goes-with", "--index", str(index), "123.456.78")
+    assert "unknown id" in one_line_error(capsys, "goes-with", "--index", str(index), "123.456.78")
     assert "unknown kind" in one_line_error(capsys, "search", "--index", str(index), "a chair", "--kind", "sofa")
     assert "needs a text" in one_line_error(capsys, "search", "--index", str(index), "--image", str(tiny_catalog / "images" / "products" / "000.000.00.jpg"), "--rerank", "3")
     assert "--overwrite" in one_line_error(capsys, "index", "build", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--output", str(index))
@@ -141,5 +149,5 @@ def test_the_installed_command_prints_no_traceback(built):
     result = subprocess.run([sys.executable, "-m", "vislang", "goes-with", "--index", str(index), "no-such-product"],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    expected = "vislang goes-with: error: unknown product id 'no-such-product': it is not in the index, and no file has that name"
+    expected = "vislang goes-with: error: unknown id 'no-such-product': no product or room in the index has it, and no file has that name"
     assert result.stderr.strip().splitlines() == [expected]

@@ -157,6 +157,9 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     loose = []
     for path in map(Path, args.images):
         load_image(path)  # images named one by one must all be readable: stop at the first that is not
+        if index.record(args.kind, path.stem) is not None:  # ids are file names: one already indexed is kept as it is
+            warnings.warn(f"{path} not added: the index already holds a {args.kind} with id {path.stem!r} "
+                          "(rename the file to add it as another item)")
         loose.append(Item(path.stem, args.kind, path, (path.stem,), "train"))
     added = index.add(loose) if loose else 0
     if args.data or not loose:

@@ -36,7 +36,7 @@ class GoesWith:
 def resolve_query(index: Index, query: str | ImageLike) -> tuple[ImageLike, set[str]]:
     """The image to embed and the product ids to leave out (the query product itself).
 
-    A string is a product id of the index first, then an image path. IKEA ids look like
+    A string is a product id of the index first, then a room id (its photo), then an image path. IKEA ids look like
     "000.114.28", so "has a suffix" does not mean "is a file name"; only an image suffix or a
     folder separator makes a missing path an image error rather than an unknown id.
     """
@@ -48,13 +48,16 @@ def resolve_query(index: Index, query: str | ImageLike) -> tuple[ImageLike, set[
     record = index.record("product", text)
     if record is not None:
         return record["image"], {text}
+    room = index.record("room", text)
+    if room is not None:  # what goes with a room: start from its photo
+        return room["image"], set()
     path = Path(text)
     if path.is_file():
         same = str(path.resolve())
         return path, {r["id"] for r in index.parts["product"].records if r["image"] == same}
     if path.suffix.lower() in IMAGE_SUFFIXES or "/" in text or "\\" in text:
         raise ImageLoadError(f"image not found: {path}")
-    raise QueryError(f"unknown product id {text!r}: it is not in the index, and no file has that name")
+    raise QueryError(f"unknown id {text!r}: no product or room in the index has it, and no file has that name")
 
 
 def goes_with(index: Index, query: str | ImageLike, k: int = 10, rooms: int = 10, neighbours: int = 50) -> GoesWith:

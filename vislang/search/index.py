@@ -151,7 +151,12 @@ class Index:
         An IVF keeps the lists it was trained with and its tuned nprobe; after the collection has
         grown several-fold, a rebuild re-chooses the index for the new size.
         """
-        return self._add_items(_select(items, parse_kinds(kinds)), batch_size, progress)
+        items, wanted = list(items), parse_kinds(kinds)
+        selected = _select(items, wanted)
+        if wanted and items and not selected:
+            have = ", ".join(sorted({item.kind for item in items}))
+            raise SearchError(f"nothing to add: no items of kind {', '.join(wanted)} (the items are of kind {have})")
+        return self._add_items(selected, batch_size, progress)
 
     def _add_items(self, items: list[Item], batch_size: int, progress: bool) -> int:
         new = [item for item in items if item.id not in self._ids(item.kind)]
