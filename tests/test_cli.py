@@ -181,3 +181,30 @@ def test_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
 def test_a_text_weight_without_both_queries_is_refused_before_the_index_is_read(capsys):
     assert main(["search", "--index", "nowhere", "a sofa", "--text-weight", "0.5"]) == 2
     assert "--text-weight weighs a text query against a photo query" in capsys.readouterr().err
+
+
+def test_unusable_threads_cache_folder_and_text_model_are_one_line(tiny_catalog, tmp_path, capsys):
+    def one_line(*overrides):
+        code = main(["train", "--config", "tiny", "--data", str(tiny_catalog), "--output", str(tmp_path / "run"), *overrides])
+        lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert code == 2 and len(lines) == 1, lines
+        return lines[0]
+
+    assert f"train.threads=9999 is more than this machine's {os.cpu_count()} CPUs" in one_line("train.threads=9999")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert f"cannot use {afile} as the image cache folder" in one_line(f"data.cache_dir={afile}")
+    message = one_line("model.text.name=nosuchmodel")  # Hugging Face's part of the message spans two lines
+    assert "'nosuchmodel'" in message and "use the bundled model" in message
+
+
+def test_curves_without_validation_figures_draw_no_empty_legend(tmp_path):
+    import warnings
+
+    from vislang.train.logger import plot_curves
+
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "event": "eval"}]  # no val split: no figures
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "No artists with labels found" on an empty legend
+        assert plot_curves(tmp_path).is_file()

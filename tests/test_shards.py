@@ -64,10 +64,12 @@ def test_training_on_shards_gives_the_metrics_of_the_folder(tiny_catalog, shards
     assert folder and folder == pytest.approx(sharded, abs=1e-9)
 
 
-def test_bad_shard_folders_are_one_line_and_exit_2(shards, tmp_path):
-    result = run_cli("data", "prepare", "--data", str(shards), "--output", str(shards))
+def test_bad_shard_folders_are_one_line_and_exit_2(shards, tiny_catalog, tmp_path):
+    result = run_cli("data", "prepare", "--data", str(shards), "--output", str(tmp_path / "again"))
+    assert result.returncode == 2 and "is already a shard folder: train on it" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("data", "prepare", "--data", str(tiny_catalog), "--output", str(shards))
     assert result.returncode == 2 and "already exists" in result.stderr and "Traceback" not in result.stderr
-    result = run_cli("data", "prepare", "--data", str(shards), "--output", str(tmp_path / "new"), "--max-side", "8")
+    result = run_cli("data", "prepare", "--data", str(tiny_catalog), "--output", str(tmp_path / "new"), "--max-side", "8")
     assert result.returncode == 2 and "--max-side" in result.stderr and "Traceback" not in result.stderr
     broken = tmp_path / "broken"
     shutil.copytree(shards, broken)

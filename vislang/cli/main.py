@@ -222,9 +222,13 @@ def cmd_goes_with(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from ..data import find_data_dir, read_catalog
-    from ..data.shards import read_shard_manifest, write_shards
+    from ..data.shards import is_shard_folder, read_shard_manifest, write_shards
 
-    catalog = read_catalog(find_data_dir(args.data))
+    source = find_data_dir(args.data)
+    if is_shard_folder(source):
+        raise CliError(f"{source} is already a shard folder: train on it with --data {source}, or prepare from the "
+                       "catalog folder or manifest it was made from")
+    catalog = read_catalog(source)
     output = write_shards(catalog, Path(args.output), max_side=args.max_side, shard_size=args.shard_size)
     size = sum(p.stat().st_size for p in output.iterdir()) / 2**20
     written = read_shard_manifest(output)["count"]  # fewer than the catalog's rows when some images are unreadable
@@ -361,7 +365,9 @@ def run_for_user(name: str, work: Callable[[], int | None]) -> int:
             warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
             return work() or 0
     except _user_errors() as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        from ..config import one_line  # a library's message may span lines (Hugging Face's do)
+
+        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
+from ..config import ConfigError
 from .images import ImageLike, ImageLoadError, SkipCounter, load_image
 from .tar_members import signature
 
@@ -181,7 +182,11 @@ def build_image_bank(
     # Every rank passes both barriers even when the bank is cached, so that ranks which see the
     # cache and ranks which do not (another run writing it meanwhile) still meet.
     if not cached():
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file by that name, no permission
+            raise ConfigError(f"cannot use {cache_dir} as the image cache folder ({err.strerror}): point "
+                              "data.cache_dir (or VISLANG_CACHE) at a folder that can be written") from err
         _decode_part(paths, size, decode_groups(paths)[rank::world], pieces[rank], workers, progress=rank == 0)
     barrier()
     if rank == 0:

@@ -61,14 +61,15 @@ def plot_curves(run_dir: Path) -> Path | None:
     if not loss_keys:
         return None
     evals = [r for r in records if r.get("event") == "eval"]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
+    eval_keys = sorted({k for r in evals for k in r if "_r" in k or k.endswith("_acc")})  # none without a val split
+    fig, axes = plt.subplots(1, 2 if eval_keys else 1, figsize=(11 if eval_keys else 6, 4), squeeze=False)
     for key in loss_keys:
         points = [(r["step"], r[key]) for r in records if key in r]
         axes[0][0].plot(*zip(*points), label=key)
     axes[0][0].set(xlabel="step", ylabel="loss", title="training loss")
     axes[0][0].legend()
-    if evals:
-        for key in sorted({k for r in evals for k in r if "_r" in k or k.endswith("_acc")}):
+    if eval_keys:
+        for key in eval_keys:
             points = [(r["step"], r[key]) for r in evals if key in r]
             axes[0][1].plot(*zip(*points), marker="o", label=key)
         axes[0][1].set(xlabel="step", ylabel="score", title="validation")

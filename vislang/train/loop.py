@@ -7,6 +7,7 @@ finishes its cosine decay.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     config = {**config, "data": {**dcfg, "path": str(data_location)}}
     _seed_everything(config["seed"])
     if tcfg["threads"]:
+        if tcfg["threads"] > (os.cpu_count() or 1):  # checked here, not in the config: a run's config may move machines
+            raise ConfigError(f"train.threads={tcfg['threads']} is more than this machine's {os.cpu_count()} CPUs")
         torch.set_num_threads(tcfg["threads"])
     ranks = distributed.setup(tcfg["device"])
     device = ranks.device
