@@ -83,14 +83,19 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VisLangModel, Tokenizer, dict[str, Any], Path]:
     """Rebuild model and tokenizer from a checkpoint, offline; returns them, the config and the folder."""
     folder = find_checkpoint(path)
-    try:
-        config = resolve(yaml.safe_load((folder / "config.yaml").read_text()))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ConfigError) as err:
-        raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({one_line(err)})") from err
+    config = saved_config(folder)
     model_cfg = _offline_model_config(config["model"], folder)
     model, tokenizer = create_model(model_cfg)
     load_weights(model, folder, device)
     return model.to(device).eval(), tokenizer, config, folder
+
+
+def saved_config(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's resolved config; a missing or damaged one is a CheckpointError."""
+    try:
+        return resolve(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ConfigError) as err:
+        raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({one_line(err)})") from err
 
 
 def load_weights(model: VisLangModel, folder: Path, device: str | torch.device = "cpu") -> None:
@@ -110,8 +115,8 @@ def load_weights(model: VisLangModel, folder: Path, device: str | torch.device =
 def _changed_keys(folder: Path, model_cfg: dict[str, Any]) -> list[str]:
     """'model.KEY: saved -> now' for each model setting that differs from the checkpoint's config."""
     try:
-        saved = resolve(yaml.safe_load((folder / "config.yaml").read_text()))["model"]
-    except Exception:  # only the message is at stake: an unreadable config names no keys
+        saved = saved_config(folder)["model"]
+    except CheckpointError:  # only the message is at stake: an unreadable config names no keys
         return []
 
     def leaves(cfg: dict[str, Any], where: str = "model.") -> dict[str, Any]:

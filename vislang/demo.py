@@ -6,11 +6,10 @@ import random
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .api import load
-from .checkpoint import CheckpointError, find_checkpoint
-from .config import ConfigError, load_config, resolve
+from .checkpoint import CheckpointError, find_checkpoint, saved_config
+from .config import ConfigError, load_config
 from .data import find_data_dir, read_catalog
 from .eval.report import evaluate_model, format_report
 from .eval.retrieval import ImageCache, image_embeddings
@@ -60,7 +59,7 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
 
 def _unused_overrides(overrides: list[str], config: dict, checkpoint: Path) -> list[str]:
     """The key=value overrides whose value differs from the one the checkpoint was trained with."""
-    saved = resolve(yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")))
+    saved = saved_config(checkpoint)
 
     def value_at(tree: dict, key: str):
         for part in key.split("."):

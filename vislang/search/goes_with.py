@@ -36,9 +36,9 @@ class GoesWith:
 def resolve_query(index: Index, query: str | ImageLike) -> tuple[ImageLike, set[str]]:
     """The image to embed and the product ids to leave out (the query product itself).
 
-    A string is a product id of the index first, then a room id (its photo), then an image path. IKEA ids look like
-    "000.114.28", so "has a suffix" does not mean "is a file name"; only an image suffix or a
-    folder separator makes a missing path an image error rather than an unknown id.
+    A string is a product id of the index first, then a room id (its photo), then an image path.
+    IKEA ids look like "000.114.28", so "has a suffix" does not mean "is a file name"; only an
+    image suffix or a folder separator makes a missing path an image error rather than an unknown id.
     """
     if isinstance(query, Image.Image):
         return query, set()
