@@ -42,6 +42,17 @@ def test_search_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
     assert out.stat().st_size > 0 and "'a red chair':" in result.stdout
 
 
+def test_shop_the_room_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
+    out = tmp_path / "rooms.png"
+    result = run_demo("shop_the_room.py", "--model", str(no_decoder), "--data", str(tiny_catalog), "--rooms", "2", "--k", "3",
+                      "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "products in the top 3 with the votes" in line]
+    assert len(lines) == 2 and out.stat().st_size > 0
+    missing = run_demo("shop_the_room.py", "--model", str(tmp_path / "nowhere"), "--data", str(tiny_catalog))
+    _one_error_line(missing, "shop_the_room.py", "no checkpoint at")
+
+
 def test_caption_demo_without_a_decoder_is_one_clear_line(no_decoder, tiny_catalog, tmp_path):
     result = run_demo("caption_furniture.py", "--model", str(no_decoder), "--data", str(tiny_catalog),
                       "--out", str(tmp_path / "captions.png"))

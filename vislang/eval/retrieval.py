@@ -95,41 +95,47 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
-    """Room photo -> products R@50 over every product of the catalog.
-
-    A product is its photo and its catalog caption, as training pairs them: its score is the
-    room's similarity to the photo plus its similarity to the caption (training makes a room a
-    positive for the texts of the products it shows), plus, for an encoder with `room_vote`, the
-    votes of the catalog's training rooms that look like the photo (models/room_vote.py).
-    `room2products_embed_r50` leaves the votes out; `room2product_photos_r50` scores the photo alone."""
+    """Room photo -> products R@50 over every product of the catalog, each product scored as
+    `room_product_scores` says; `room2products_embed_r50` leaves the votes out,
+    `room2product_photos_r50` scores the photo alone."""
     gallery = catalog.select(None, "product")
     position = {item.id: i for i, item in enumerate(gallery)}
     with_truth = [(r, {position[p] for p in room.links if p in position}) for r, room in enumerate(rooms)]
     with_truth = [(r, truth) for r, truth in with_truth if truth]
     if not gallery or not with_truth:
         return {}
-    queries = room_images[[r for r, _ in with_truth]]
-    photos = queries @ image_embeddings(encoder, gallery, cache).T
-    captions = queries @ encoder.encode_texts([item.caption for item in gallery]).T
+    scores = room_product_scores(encoder, catalog, [rooms[r] for r, _ in with_truth],
+                                 room_images[[r for r, _ in with_truth]], cache)
     truth = [t for _, t in with_truth]
-    vote = _training_room_vote(encoder, catalog, [rooms[r] for r, _ in with_truth], queries, position, cache)
-    return {"room2products_r50": coverage_at_k(photos + captions + (0 if vote is None else vote), truth, 50),
-            "room2products_embed_r50": coverage_at_k(photos + captions, truth, 50),
-            "room2product_photos_r50": coverage_at_k(photos, truth, 50)}
+    embedded = scores["photos"] + scores["captions"]
+    return {"room2products_r50": coverage_at_k(embedded + scores["votes"], truth, 50),
+            "room2products_embed_r50": coverage_at_k(embedded, truth, 50),
+            "room2product_photos_r50": coverage_at_k(scores["photos"], truth, 50)}
 
 
-def _training_room_vote(encoder, catalog, query_rooms, queries, position, cache) -> np.ndarray | None:
-    """The encoder's room votes [Q, P] from the catalog's training rooms, or None without any. A
-    query room never votes for itself (when the evaluated split is the training split)."""
+def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], room_images: np.ndarray,
+                        cache: ImageCache | None = None) -> dict[str, np.ndarray]:
+    """Each room photo's scores [Q, P] for every product of the catalog (in `catalog.select(None,
+    "product")` order), whose sum ranks them: "photos", the cosine with the product's photo;
+    "captions", with its catalog caption (training makes a room a positive for the texts of the
+    products it shows, as for their photos); "votes", from the catalog's training rooms that look
+    like the photo, for an encoder with `room_vote` (models/room_vote.py; zeros otherwise). A room
+    never votes for itself (when the rooms are training rooms)."""
+    cache = {} if cache is None else cache
+    gallery = catalog.select(None, "product")
+    photos = room_images @ image_embeddings(encoder, gallery, cache).T
+    captions = room_images @ encoder.encode_texts([item.caption for item in gallery]).T
     vote = getattr(encoder, "room_vote", None)
+    position = {item.id: i for i, item in enumerate(gallery)}
     bank = [room for room in catalog.select("train", "room") if any(p in position for p in room.links)]
-    if vote is None or not bank:
-        return None
-    links = np.zeros((len(bank), len(position)), np.float32)
-    for r, room in enumerate(bank):
-        links[r, [position[p] for p in room.links if p in position]] = 1
-    exclude = np.array([[query.image == room.image for room in bank] for query in query_rooms])
-    return vote(queries, image_embeddings(encoder, bank, cache), links, exclude)
+    votes = None
+    if vote is not None and bank:
+        links = np.zeros((len(bank), len(gallery)), np.float32)
+        for r, room in enumerate(bank):
+            links[r, [position[p] for p in room.links if p in position]] = 1
+        exclude = np.array([[query.image == room.image for room in bank] for query in rooms], bool).reshape(len(rooms), len(bank))
+        votes = vote(room_images, image_embeddings(encoder, bank, cache), links, exclude)
+    return {"photos": photos, "captions": captions, "votes": np.zeros_like(photos) if votes is None else votes}
 
 
 def _room_zero_shot(encoder, catalog, rooms, room_images) -> dict[str, float]:
