@@ -40,13 +40,13 @@ def main() -> None:
 
     model = vislang.load(args.model)
     catalog = read_catalog(find_data_dir(args.data))
-    products = {item.id for item in catalog.select(None, "product")}
+    gallery = catalog.select(None, "product")  # the order of room_product_scores' columns
+    products = {item.id for item in gallery}
     rooms = [room for room in catalog.select("test", "room") if products & set(room.links)][: args.rooms]
     if not rooms:
         raise CliError("the catalog has no test rooms that list its products")
     scores = room_product_scores(model, catalog, rooms, model.encode_images([room.image for room in rooms]))
     embedded = scores["photos"] + scores["captions"]
-    gallery = catalog.select(None, "product")
     rows = []
     for r, room in enumerate(rooms):
         truth = set(room.links)
