@@ -8,7 +8,10 @@ What it measures:
 2. Photo+text arithmetic. For product photos paired with "in <colour>" and "<type> in
    <colour>", the share of the top 10 that has the photo's type and the asked colour, by text
    weight (the figures behind query.DEFAULT_TEXT_WEIGHT).
-3. Scale. For each size N: the real IKEA image embeddings plus N - 2507 synthetic vectors drawn
+3. Room photo -> products (`search --room`): val and test room photos against an index of
+   every product and the training rooms, the share of each room's products in its top 50 with
+   the votes and by the photo alone, and the latency of a room query.
+4. Scale. For each size N: the real IKEA image embeddings plus N - 2507 synthetic vectors drawn
    like them (see `synthetic`). For Flat (exact) and the `auto` choice: build time (create,
    train, add, tune), queries/s at batch 1 and batch 256 (median of --repeats runs, exact and
    auto measured in the same run), recall@10 against exact search on held-out queries, and
@@ -16,7 +19,7 @@ What it measures:
    stored vectors (each leaving itself out) and half of the IKEA text embeddings; recall is
    measured on the other half of the texts and on new points drawn like the collection
    (never stored), 1000 of each.
-4. On a GPU, when faiss sees one: the same indexes on the GPU, and as the floor, exact search
+5. On a GPU, when faiss sees one: the same indexes on the GPU, and as the floor, exact search
    by one torch matrix product + top-k on the same GPU.
 
 Usage (from the repository root):
@@ -111,6 +114,31 @@ def text_weight_sweep(index: Index) -> dict[str, Any]:
             both = [sum(h.type == r["type"] and c in (h.color or "").lower() for h in [h for h in hits if h.id != r["id"]][:10])
                     for (r, c), hits in zip(pairs, results)]
             out[name][str(weight)] = float(np.mean(both) / 10)
+    return out
+
+
+def room_search(model, catalog) -> dict[str, Any]:
+    """Room photo -> products through the index (`search --room`): share of each val/test room's
+    listed products in its top 50, as `vislang eval`'s room2products_r50, with an index of every
+    product and only the training rooms (a query room must not vote for itself); and the same
+    photos searched without the votes. Timed per query, from the photo file to the hits."""
+    index = Index.build(model, [item for item in catalog if item.kind == "product" or item.split == "train"],
+                        gpu=False, progress=False)
+    out: dict[str, Any] = {"index": index.summary()}
+    times = []
+    for split in ("val", "test"):
+        rooms = [room for room in catalog.select(split, "room") if any(index.record("product", p) for p in room.links)]
+        covered = {"votes": [], "photo": []}
+        for room in rooms:
+            listed = {p for p in room.links if index.record("product", p)}
+            start = time.perf_counter()
+            hits = index.search(images=room.image, k=50, room=True)[0]
+            times.append(time.perf_counter() - start)
+            covered["votes"].append(len(listed & {hit.id for hit in hits}) / len(listed))
+            hits = index.search(images=room.image, k=50, kind="product")[0]
+            covered["photo"].append(len(listed & {hit.id for hit in hits}) / len(listed))
+        out[split] = {"rooms": len(rooms), **{f"r50_{name}": float(np.mean(v)) for name, v in covered.items()}}
+    out["p50_ms"] = float(np.percentile(np.asarray(times) * 1000, 50))
     return out
 
 
@@ -290,6 +318,12 @@ def main() -> None:
     result["photo_plus_text"] = text_weight_sweep(index)
     print(f"photo+text, share of top 10 with the photo's type and the asked colour, by text weight: "
           f"{json.dumps({k: v for k, v in result['photo_plus_text'].items() if k != 'queries'})}", flush=True)
+
+    result["room_search"] = rooms = room_search(model, catalog)
+    print(f"room photo -> products through the index, R@50 with the votes (photo alone): "
+          f"val {rooms['val']['r50_votes']:.3f} ({rooms['val']['r50_photo']:.3f}), "
+          f"test {rooms['test']['r50_votes']:.3f} ({rooms['test']['r50_photo']:.3f}); p50 {rooms['p50_ms']:.1f} ms a query",
+          flush=True)
 
     # the stored vectors without their last coordinate (the hubness penalty): the image embeddings
     real = np.concatenate([part.index.reconstruct_n(0, part.index.ntotal)[:, : index.dimension] for part in index.parts.values()])

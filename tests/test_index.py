@@ -35,7 +35,7 @@ from vislang.search.factory import (
     resolve_factory,
     tune,
 )
-from vislang.eval.retrieval import ranking_scores
+from vislang.eval.retrieval import ranking_scores, room_product_scores
 from vislang.search.files import sha256_file
 from vislang.search.query import normalize
 from vislang.train import train
@@ -319,6 +319,47 @@ def test_goes_with_refuses_unknown_ids_and_missing_images(index):
         index.goes_with("photos/my-sofa.jpg")
 
 
+def test_room_search_ranks_products_as_eval_does_without_captions(model, catalog):
+    """Products and the training rooms indexed, test rooms as queries: the ranking is eval's photo
+    cosine plus votes (eval/retrieval.py), down to the scores, and the votes do change it."""
+    train_rooms = catalog.select("train", "room")
+    index = Index.build(model, catalog.select(None, "product") + train_rooms, progress=False, gpu=False)
+    queries = catalog.select("test", "room") + catalog.select("val", "room")
+    products = catalog.select(None, "product")
+    expected = room_product_scores(model, catalog, queries, model.encode_images([q.image for q in queries]))
+    wanted = expected["photos"] + expected["votes"]
+    assert np.abs(expected["votes"]).max() > 0
+    k = len(products)
+    for query, row, photos in zip(queries, wanted, expected["photos"]):
+        hits = index.search(images=str(query.image), k=k, room=True)[0]
+        order = np.argsort(-row, kind="stable")
+        assert _ids(hits) == [products[i].id for i in order]
+        assert _scores(hits) == pytest.approx(row[order].tolist(), abs=1e-5)
+        assert _ids(hits) != [products[i].id for i in np.argsort(-photos, kind="stable")]
+        rooms = {room.id: room for room in train_rooms}
+        assert any(hit.rooms for hit in hits)
+        assert all(hit.id in rooms[r].links for hit in hits for r in hit.rooms)
+    # a small k is the head of the full answer, although voted products lie outside the photo's top k
+    top = index.search(images=str(queries[0].image), k=3, room=True)[0]
+    assert _ids(top) == _ids(index.search(images=str(queries[0].image), k=k, room=True)[0])[:3]
+
+
+def test_room_search_refusals(index, model, catalog, monkeypatch):
+    photo = index.parts["room"].records[0]["image"]
+    for kwargs, message in (({"texts": "a room", "images": photo}, "give a photo and no text"),
+                            ({"texts": "a room"}, "give a photo and no text"),
+                            ({"images": photo, "kind": "room"}, "returns products, not rooms"),
+                            ({"images": photo, "rerank": 5}, "re-ranking needs a text query")):
+        with pytest.raises(QueryError, match=message):
+            index.search(room=True, **kwargs)
+    products_only = Index.build(model, catalog.select(None, "product"), progress=False, gpu=False)
+    with pytest.raises(QueryError, match="needs products and rooms"):
+        products_only.search(images=photo, room=True)
+    monkeypatch.setitem(model.config["model"]["room_vote"], "weight", 0.0)
+    with pytest.raises(QueryError, match="trained without room votes"):
+        index.search(images=photo, room=True)
+
+
 # ---------------------------------------------------------------- factory and tuning
 
 
@@ -370,6 +411,12 @@ def test_ivf_index_keeps_its_tuning_through_save_and_load(model, catalog, tmp_pa
     assert loaded.parts["product"].tuning.params == part.tuning.params
     assert faiss.extract_index_ivf(loaded.parts["product"].searcher).nprobe == part.tuning.params["nprobe"]
     assert loaded.search(texts="a red lamp", k=10) == index.search(texts="a red lamp", k=10)
+    # an IVF hands back stored rows by label too (a room search reads them), also after a save
+    products = catalog.select(None, "product")
+    labels = [5, 0, 17]
+    stored = model.encode_images([products[i].image for i in labels])
+    for ivf in (part, loaded.parts["product"]):
+        np.testing.assert_allclose(ivf.vectors(labels), stored, atol=1e-6)
 
 
 # ---------------------------------------------------------------- GPU

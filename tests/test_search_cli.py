@@ -86,6 +86,18 @@ def test_goes_with_by_id_and_by_photo(built, tiny_catalog, capsys):
     assert code == 0 and json.loads(out)["products"]
 
 
+def test_room_photo_search_lists_products_and_the_rooms_that_voted(built, tiny_catalog, capsys):
+    _, index = built
+    photo = str(tiny_catalog / "images" / "rooms" / "room00.jpg")  # a room with a chair: it lists three chairs
+    code, out, _ = run(capsys, "search", "--index", str(index), "--image", photo, "--room", "--k", "3", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["room"] and len(result["results"]) == 3
+    assert all(hit["kind"] == "product" and hit["type"] == "Chair" and "room00" in hit["rooms"] for hit in result["results"])
+    code, out, _ = run(capsys, "search", "--index", str(index), "--image", photo, "--room", "--k", "3")
+    assert code == 0 and len(out.splitlines()) == 3 and all("rooms: room00" in line for line in out.splitlines())
+    assert "give a photo and no text" in one_line_error(capsys, "search", "--index", str(index), "a chair", "--room")
+
+
 def test_add_image_files_then_find_them(built, tiny_catalog, tmp_path, capsys):
     checkpoint, index = built
     copy = tmp_path / "index"

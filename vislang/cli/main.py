@@ -188,10 +188,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = _open_index(args)
     text = args.query if args.query or not args.image else None  # "" beside --image: a photo query
     weight = {} if args.text_weight is None else {"text_weight": args.text_weight}
-    hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank, **weight)[0]
+    hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank, room=args.room,
+                        **weight)[0]
     if args.json:
         print(json.dumps({"query": text, "image": args.image, "kind": args.kind, "k": args.k, "rerank": args.rerank,
-                          "results": [hit.to_json() for hit in hits]}))
+                          "room": args.room, "results": [hit.to_json() for hit in hits]}))
         return 0
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {_hit_line(hit)}")
@@ -201,7 +202,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _hit_line(hit) -> str:
     match = f"  match {hit.rerank_score:.3f}" if hit.rerank_score is not None else ""
     details = ", ".join(str(v) for v in (hit.type, hit.color) if v and str(v) not in hit.title)  # a product title has both
-    return f"{hit.score:.4f}{match}  {hit.kind:<7}  {hit.id:<14}  {hit.title}" + (f" ({details})" if details else "") + f"  {hit.image}"
+    rooms = f"  rooms: {' '.join(hit.rooms)}" if hit.rooms else ""  # goes-with's and a room search's evidence
+    return (f"{hit.score:.4f}{match}  {hit.kind:<7}  {hit.id:<14}  {hit.title}" + (f" ({details})" if details else "")
+            + f"  {hit.image}{rooms}")
 
 
 def cmd_goes_with(args: argparse.Namespace) -> int:
@@ -216,7 +219,7 @@ def cmd_goes_with(args: argparse.Namespace) -> int:
         print(f"     {hit.score:.4f}  {hit.id}  {hit.title}  (shows {result.anchors[hit.id]})")
     print("goes with:")
     for rank, hit in enumerate(result.products, 1):
-        print(f"{rank:3d}  {_hit_line(hit)}  rooms: {' '.join(hit.rooms)}")
+        print(f"{rank:3d}  {_hit_line(hit)}")
     return 0
 
 
@@ -320,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="search only this kind: room or product (default: all)")
     p.add_argument("--rerank", type=at_least(1), metavar="N", help="re-score the top N with the matching head (text queries)")
     p.add_argument("--text-weight", type=fraction, help="weight of the text in a photo+text query, 0 to 1 (default: the API's)")
+    p.add_argument("--room", action="store_true",
+                   help="the --image is a room: find its products, helped by the votes of the indexed rooms that look like it")
     p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -6,6 +6,7 @@
     embed.py      embedding a collection in batches, with a progress bar
     query.py      query vectors from text, photo or both; re-ranking by the matching head
     goes_with.py  products that appear in rooms with products like the query
+    room_photo.py room photo -> products, with the votes of the indexed rooms like the photo
     hits.py       stored records and returned hits
     files.py      atomic writes, hashes, the model fingerprint
     errors.py     the errors that are the user's to fix

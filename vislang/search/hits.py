@@ -29,13 +29,13 @@ def record_of(item: Item) -> Record:
 class Hit:
     id: str
     kind: str
-    score: float  # inner product of unit vectors (cosine), or a goes-with score
+    score: float  # inner product of unit vectors (cosine), a goes-with score, or a room search's cosine + votes
     title: str
     type: str | None
     color: str | None
     image: str
     rerank_score: float | None = None  # P(match) from the matching head, when re-ranked
-    rooms: tuple[str, ...] = ()  # goes-with: the rooms in which this product appears
+    rooms: tuple[str, ...] = ()  # goes-with: rooms the product appears in; room search: the rooms voting most for it
 
     @classmethod
     def from_record(cls, record: Record, score: float, **extra: Any) -> Hit:

@@ -57,6 +57,7 @@ from .files import model_fingerprint, sha256_file, write_atomic
 from .hits import Hit, Record, record_of
 from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors, with_share
 from .query import rerank as rerank_hits
+from .room_photo import check_room_query, room_photo_hits
 
 FORMAT, VERSION = "vislang-index", 2  # 2: vectors carry the hubness penalty
 MANIFEST = "manifest.json"
@@ -92,6 +93,14 @@ class _Part:
     @cached_property
     def by_id(self) -> dict[str, Record]:
         return {record["id"]: record for record in self.records}
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        """The embeddings [N, D] stored at rows `labels`, without the penalty coordinate, decoded from
+        the CPU index (exact for Flat, IVF-Flat and HNSW; SQ8 decodes them as approximately as it searches)."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()  # an IVF finds a row by its id only through this map
+        return self.index.reconstruct_batch(np.asarray(labels, dtype=np.int64))[:, :-1]
 
     def add(self, vectors: np.ndarray, records: list[Record]) -> None:
         add_in_chunks(self.searcher, vectors)  # on the GPU when the index is there (IVF assignment is the cost)
@@ -257,13 +266,19 @@ class Index:
         kind: str | None = None,
         rerank: int | None = None,
         text_weight: float = DEFAULT_TEXT_WEIGHT,
+        room: bool = False,
     ) -> list[list[Hit]]:
         """One list of hits, best first, per query: a text, a photo, or a photo and a text
         (paired one to one). A hit's score is its cosine with the query, less its hubness penalty
         times the query's text share (see the module docstring). `rerank=N` re-scores the top N
-        with the matching head and orders them by it (text queries only)."""
+        with the matching head and orders them by it (text queries only). `room=True`: the photos
+        are of rooms; products are ranked by cosine plus the votes of the indexed rooms like the
+        photo (room_photo.py)."""
         texts, images = as_texts(texts), as_images(images)
         check_query(texts, images, k, rerank, text_weight)
+        if room:
+            check_room_query(texts, images, kind, rerank)
+            return room_photo_hits(self, self.model.encode_images(images), k)
         self._parts_for(kind)  # an unknown kind fails before the model is loaded
         vectors, text_share = query_vectors(self.model, texts, images, text_weight)
         results = self.search_vectors(vectors, max(k, rerank or 0), kind, text_share)
