@@ -15,6 +15,7 @@ import numpy as np
 import vislang
 from vislang.cli import run_for_user
 from vislang.data import find_data_dir, read_catalog
+from vislang.eval.retrieval import lookalike_texts, ranking_scores
 from vislang.viz import result_grid
 
 DEFAULT_QUERIES = ["a black office chair", "a white bookcase", "a wooden dining table", "a pendant lamp", "a grey sofa"]
@@ -31,9 +32,12 @@ def main() -> None:
     args = parser.parse_args()
 
     model = vislang.load(args.model)
-    gallery = read_catalog(find_data_dir(args.data)).select("test", args.kind)
+    catalog = read_catalog(find_data_dir(args.data))
+    gallery = catalog.select("test", args.kind)
     images = model.encode_images([item.image for item in gallery])
-    scores = model.encode_texts(args.queries) @ images.T
+    texts = model.encode_texts(args.queries)
+    # as `vislang eval` ranks: less the hubness penalty, plus the look-alike captions' cosine
+    scores = ranking_scores(model, texts, images, "image", args.kind, lookalike_texts(model, catalog, gallery, images, {}))
     rows = []
     for query, row in zip(args.queries, scores):
         top = np.argsort(-row)[: args.k]

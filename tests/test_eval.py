@@ -4,6 +4,8 @@ import pytest
 from vislang.data.catalog import Catalog, Item
 from vislang.eval import chance_levels, evaluate
 from vislang.eval.retrieval import coverage_at_k, recall_at_k
+from vislang.eval.retrieval import lookalike_texts as retrieval_lookalikes
+from vislang.models.lookalike import lookalike_texts
 from vislang.models.room_vote import room_vote
 
 
@@ -127,3 +129,55 @@ def test_room_to_products_adds_the_votes_of_lookalike_training_rooms(tmp_path):
     assert metrics["room2products_embed_r50"] == 0.0  # 55 products score above the target without the vote
     assert metrics["room2products_r50"] == 1.0  # the training room like it lists the target
     assert evaluate(encoder, catalog, "train")["room2products_r50"] == 0.0  # a room never votes for itself
+
+
+def test_lookalike_texts_hand_case():
+    images = np.array([[1.0, 0.0]])
+    bank_images = np.array([[1.0, 0.0], [0.6, 0.8]])  # cosines 1 and 0.6 with the image
+    bank_texts = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    mean = np.array([0.0, 1.0, np.exp(-4.0)])  # weights exp(cos / 0.1), relative to the nearest
+    np.testing.assert_allclose(lookalike_texts(images, bank_images, bank_texts, 0.1), [mean / np.linalg.norm(mean)], rtol=1e-6)
+    dropped = lookalike_texts(images, bank_images, bank_texts, 0.1, exclude=np.array([[True, False]]))
+    np.testing.assert_allclose(dropped, [[0.0, 0.0, 1.0]], atol=1e-7)
+    nothing = lookalike_texts(images, bank_images, bank_texts, 0.1, exclude=np.array([[True, True]]))
+    np.testing.assert_array_equal(nothing, [[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="temperature"):
+        lookalike_texts(images, bank_images, bank_texts, 0.0)
+
+
+class _LookalikeProductEncoder:
+    """The target's photo and caption do not meet in this space, but a training product whose photo
+    looks exactly like the target's has a caption that reads like the target's."""
+
+    IMAGES = {"target": [0.0, 1.0, 0.0], "twin": [0.0, 1.0, 0.0]}
+    TEXTS = {"Target Sofa, Grey": [1.0, 0.0, 0.0], "Target Sofa, Blue": [1.0, 0.0, 0.0]}
+
+    def __init__(self, catalog, weight):
+        self.by_image, self.weight = {item.image: item for item in catalog}, weight
+
+    def encode_images(self, items, batch_size=64):
+        return np.asarray([self.IMAGES.get(self.by_image[path].id, [0.1, 0.0, 0.995]) for path in items], np.float32)
+
+    def encode_texts(self, texts, batch_size=256):
+        return np.asarray([self.TEXTS.get(text, [0.0, 0.0, 1.0]) for text in texts], np.float32)
+
+    def lookalike_texts(self, images, bank_images, bank_texts, exclude=None):
+        return None if not self.weight else self.weight * lookalike_texts(images, bank_images, bank_texts, 0.1, exclude)
+
+
+def test_product_rankings_add_the_captions_of_lookalike_training_products(tmp_path):
+    items = [Item(f"d{i}", "product", tmp_path / f"d{i}.jpg", ("Other Lamp, White",), split)
+             for i, split in enumerate(["test"] * 10 + ["train"] * 5)]
+    items.append(Item("target", "product", tmp_path / "t.jpg", ("Target Sofa, Grey",), "test"))
+    items.append(Item("twin", "product", tmp_path / "w.jpg", ("Target Sofa, Blue",), "train"))
+    catalog = Catalog(items, tmp_path)
+    without = evaluate(_LookalikeProductEncoder(catalog, 0.0), catalog, "test")
+    assert without["product_text2image_r1"] == pytest.approx(10 / 11)  # the target's caption finds a lamp first
+    encoder = _LookalikeProductEncoder(catalog, 2.0)
+    with_lookalikes = evaluate(encoder, catalog, "test")
+    assert with_lookalikes["product_text2image_r1"] == 1.0  # the twin's caption is the target's photo's look-alike text
+    assert with_lookalikes["product_image2text_r1"] == 1.0  # and the same on the query's side
+    # a training item never borrows its own caption: the twin's look-alikes are then the lamps
+    train = catalog.select("train", "product")
+    borrowed = retrieval_lookalikes(encoder, catalog, train, encoder.encode_images([item.image for item in train]), {})
+    np.testing.assert_allclose(borrowed[-1], [0.0, 0.0, 2.0], atol=1e-6)

@@ -35,7 +35,7 @@ from vislang.search.factory import (
     resolve_factory,
     tune,
 )
-from vislang.eval.retrieval import ranking_scores, room_product_scores
+from vislang.eval.retrieval import lookalike_texts, ranking_scores, room_product_scores
 from vislang.search.files import sha256_file
 from vislang.search.query import normalize
 from vislang.train import train
@@ -83,6 +83,11 @@ def _scores(hits):
 # ---------------------------------------------------------------- search is exact search
 
 
+def _lookalikes(model, catalog, items, images):
+    """What `vislang eval` adds for text queries: each item's look-alike captions, from the catalog's training items."""
+    return lookalike_texts(model, catalog, items, np.stack([images[item.id] for item in items]), {})
+
+
 def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, catalog):
     products = catalog.select(None, "product")
     everything = list(catalog)
@@ -90,9 +95,11 @@ def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, c
     product_images = np.stack([images[p.id] for p in products])
     penalty = model.hubness_penalty(product_images, "image")
     assert penalty.min() > 0.01  # the tiny model has its bank, so the check below is not plain cosine again
+    assert index.lookalikes  # and its look-alike captions (tiny.yaml)
     queries = ["a red chair", "Lamp, Blue", "a room with a bed"]
     vectors = model.encode_texts(queries)
-    ranking = ranking_scores(model, vectors, product_images, "image")  # what `vislang eval` ranks products by
+    # what `vislang eval` ranks products by
+    ranking = ranking_scores(model, vectors, product_images, "image", lookalikes=_lookalikes(model, catalog, products, images))
     for query, scores, hits in zip(queries, ranking, index.search(texts=queries, k=5, kind="product")):
         order = np.argsort(-scores, kind="stable")[:5]
         assert _ids(hits) == [products[i].id for i in order], query
@@ -103,8 +110,12 @@ def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, c
     # alone, its own room first, then products and rooms mixed
     gallery = np.stack([images[item.id] for item in everything])
     text_penalty = np.asarray([penalty[products.index(item)] if item.kind == "product" else 0.0 for item in everything])
-    room = catalog.select(None, "room")[0]
-    for vector, paid, hits in ((vectors[2], text_penalty, index.search(texts=queries[2], k=12)[0]),
+    rooms = catalog.select(None, "room")
+    borrowed = dict(zip(products + rooms, np.concatenate([_lookalikes(model, catalog, products, images),
+                                                          _lookalikes(model, catalog, rooms, images)])))
+    text_lookalikes = np.stack([borrowed[item] for item in everything]) @ vectors[2]
+    room = rooms[0]
+    for vector, paid, hits in ((vectors[2], text_penalty - text_lookalikes, index.search(texts=queries[2], k=12)[0]),
                                (images[room.id], 0.0, index.search(images=room.image, k=12)[0])):
         scores = gallery @ vector - paid
         order = np.argsort(-scores, kind="stable")[:12]
@@ -121,12 +132,14 @@ def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, mo
     products = catalog.select(None, "product")
     gallery = model.encode_images([p.image for p in products])
     penalty = model.hubness_penalty(gallery, "image")
+    borrowed = lookalike_texts(model, catalog, products, gallery, {})
     for weight in (0.0, 0.6, 1.0):
         combined = index.search(texts="a blue lamp", images=item.image, k=6, text_weight=weight, kind="product")[0]
         summed = (1 - weight) * photo + weight * text
         norm = np.linalg.norm(summed)
-        # the text's part of the unit query pays the penalty, the photo's does not
-        scores = gallery @ (summed[0] / norm) - (weight / norm) * penalty
+        # the text's part of the unit query pays the penalty and meets the look-alike captions, the photo's does not
+        query = summed[0] / norm
+        scores = gallery @ query + (weight / norm) * (borrowed @ query - penalty)
         order = np.argsort(-scores, kind="stable")[:6]
         assert _ids(combined) == [products[i].id for i in order]
         np.testing.assert_allclose(_scores(combined), scores[order], rtol=1e-5, atol=1e-6)
@@ -193,7 +206,9 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
 
 
 def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
-    held_back = {item.id for item in catalog.select(None, "product")[-5:]}
+    # not training items: the look-alike captions of every item are then those of the index built in one go
+    held_back = {item.id for item in catalog.select(None, "product") if item.split != "train"}
+    held_back = set(sorted(held_back)[-5:])
     first = Index.build(model, [item for item in catalog if item.id not in held_back], progress=False, gpu=False)
     folder = first.save(tmp_path / "index")
     old_files = {p.name for p in folder.iterdir()}
@@ -208,8 +223,8 @@ def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
         if item.id in held_back:
             top = reloaded.search(images=item.image, k=1, kind="product")[0][0]
             assert top.id == item.id and top.score == pytest.approx(1.0, abs=1e-5)
-    # added products carry their hubness penalty too: a text query scores every product as the
-    # index built in one go does
+    # added products carry their hubness penalty and look-alike captions too (from the training
+    # items already indexed): a text query scores every product as the index built in one go does
     n = len(catalog.select(None, "product"))
     scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind="product")[0]}
               for found in (reloaded, index)]
@@ -238,6 +253,20 @@ def test_another_checkpoint_or_dimension_is_refused(index, model, tmp_path):
         Index.load(folder, model=narrow)
     with pytest.raises(IndexMismatchError, match="16-d"):
         index.search_vectors(np.zeros((1, 16), np.float32))
+
+
+def test_an_index_without_lookalike_captions_and_a_version_2_one_still_search(model, catalog, tmp_path, monkeypatch):
+    monkeypatch.setitem(model.config["model"]["lookalike_texts"], "weight", 0.0)
+    plain = Index.build(model, catalog, progress=False, gpu=False)
+    assert not plain.lookalikes and plain.parts["product"].index.d == plain.dimension + 1
+    folder = plain.save(tmp_path / "plain")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["version"] = 2  # what vislang wrote before look-alike captions: no "lookalikes" key
+    del manifest["lookalikes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    old = Index.load(folder, gpu=False)
+    assert not old.lookalikes
+    assert old.search(texts="a red chair", k=5) == plain.search(texts="a red chair", k=5)
 
 
 def test_missing_and_corrupt_files_are_refused(index, tmp_path):
@@ -415,8 +444,8 @@ def test_ivf_index_keeps_its_tuning_through_save_and_load(model, catalog, tmp_pa
     products = catalog.select(None, "product")
     labels = [5, 0, 17]
     stored = model.encode_images([products[i].image for i in labels])
-    for ivf in (part, loaded.parts["product"]):
-        np.testing.assert_allclose(ivf.vectors(labels), stored, atol=1e-6)
+    for ivf in (index, loaded):
+        np.testing.assert_allclose(ivf.embeddings("product", labels), stored, atol=1e-6)
 
 
 # ---------------------------------------------------------------- GPU

@@ -102,6 +102,19 @@ def test_a_loaded_model_votes_with_its_configured_room_vote(trained_run):
     assert model.room_vote(queries, rooms, links) is None
 
 
+def test_a_loaded_model_borrows_lookalike_captions_with_its_configured_settings(trained_run):
+    out, _ = trained_run
+    model = vislang.load(out, device="cpu")
+    images, bank_images = np.array([[1.0, 0.0]], np.float32), np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    bank_texts = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    # tiny.yaml: weight 2.0, temperature 0.05: the second caption weighs exp((0.6 - 1) / 0.05) as much as the first
+    mean = np.array([1.0, np.exp(-8.0)])
+    np.testing.assert_allclose(model.lookalike_texts(images, bank_images, bank_texts), [2.0 * mean / np.linalg.norm(mean)],
+                               rtol=1e-5)
+    model.config["model"]["lookalike_texts"]["weight"] = 0.0
+    assert model.lookalike_texts(images, bank_images, bank_texts) is None
+
+
 def test_trained_model_beats_chance_on_its_own_catalog(trained_run, tiny_catalog):
     out, _ = trained_run
     model = vislang.load(out, device="cpu")

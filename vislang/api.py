@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint
 from .devices import pick_device
 from .models.generate import generate
 from .models.hubness import check_modality
+from .models.lookalike import lookalike_texts
 from .models.room_vote import room_vote
 
 
@@ -81,6 +82,17 @@ class VisLang:
         if not settings["weight"]:
             return None
         return settings["weight"] * room_vote(queries, rooms, links, settings["temperature"], exclude)
+
+    def lookalike_texts(self, images: np.ndarray, bank_images: np.ndarray, bank_texts: np.ndarray,
+                        exclude: np.ndarray | None = None) -> np.ndarray | None:
+        """[N, D]: weight x the mean caption embedding of the training images bank_images [B, D] (captions
+        bank_texts [B, D]) that look like each image [N, D] (models/lookalike.py): a text query's
+        cosine with it is added to its cosine with the image. None for a model trained without
+        model.lookalike_texts.weight."""
+        settings = self.config["model"]["lookalike_texts"]
+        if not settings["weight"]:
+            return None
+        return settings["weight"] * lookalike_texts(images, bank_images, bank_texts, settings["temperature"], exclude)
 
     def _require(self, head: str, config_key: str) -> None:
         if getattr(self.model, head) is None:

@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
         # weight > 0: a room photo's ranking of products adds weight x the votes of the training rooms
         # that look like it for the products they list (models/room_vote.py).
         "room_vote": {"weight": 0.0, "temperature": 0.1},
+        # weight > 0: text <-> image rankings add weight x the query's cosine with the captions of
+        # the training images that look like the gallery image (models/lookalike.py).
+        "lookalike_texts": {"weight": 0.0, "temperature": 0.05},
         "init_temperature": 0.07,
     },
     "data": {
@@ -119,12 +122,13 @@ _AT_LEAST_1 = (
 )
 _AT_LEAST_0 = (
     "model.image.color_bins", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
-    "model.hubness.bank_size", "model.room_vote.weight", "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
+    "model.hubness.bank_size", "model.room_vote.weight", "model.lookalike_texts.weight",
+    "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
     "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
     "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",
     "train.eval_every_epochs",
 )
-_ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
+_ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "model.lookalike_texts.temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
 _FRACTION = ("data.caption_prob", "train.min_lr_ratio")
 # (check, what the message says a value must be)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {

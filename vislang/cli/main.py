@@ -160,7 +160,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         if index.record(args.kind, path.stem) is not None:  # ids are file names: one already indexed is kept as it is
             warnings.warn(f"{path} not added: the index already holds a {args.kind} with id {path.stem!r} "
                           "(rename the file to add it as another item)")
-        loose.append(Item(path.stem, args.kind, path, (path.stem,), "train"))
+        # no split: not a training item, so its file name never serves as a look-alike caption
+        loose.append(Item(path.stem, args.kind, path, (path.stem,), ""))
     added = index.add(loose) if loose else 0
     if args.data or not loose:
         added += index.add(_catalog_for(index.model, args.data), kinds=args.kinds)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import ImageCache, _same_caption_truth, image_embeddings, ranking_scores, recall_at_k
+from .retrieval import ImageCache, _same_caption_truth, image_embeddings, lookalike_texts, ranking_scores, recall_at_k
 
 OVERLAP_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0)  # logit units; the head's logits span ~10
 
 
-def _shortlist(model, products: list[Item], top: int, cache: ImageCache | None):
+def _shortlist(model, catalog: Catalog, products: list[Item], top: int, cache: ImageCache | None):
     """Contrastive scores [Q, G] (as `vislang eval` ranks them), truth per query, and each query's `top` best gallery rows."""
-    images = image_embeddings(model, products, {} if cache is None else cache)
-    scores = ranking_scores(model, model.encode_texts([item.caption for item in products]), images, "image")
+    cache = {} if cache is None else cache
+    images = image_embeddings(model, products, cache)
+    scores = ranking_scores(model, model.encode_texts([item.caption for item in products]), images, "image",
+                            lookalikes=lookalike_texts(model, catalog, products, images, cache))
     return scores, _same_caption_truth(products), np.argsort(-scores, axis=1, kind="stable")[:, :top]
 
 
@@ -49,7 +51,7 @@ def evaluate_reranking(
 ) -> dict[str, float]:
     """Product text->image R@1 from the contrastive ranking, and after the matching head re-scores its top `top`."""
     products = catalog.select(split, "product")
-    scores, truth, shortlist = _shortlist(model, products, top, cache)
+    scores, truth, shortlist = _shortlist(model, catalog, products, top, cache)
     probabilities = model.match(*_pairs(products, shortlist))
     return {
         "product_text2image_r1_contrastive": recall_at_k(scores, truth, (1,))[1],
@@ -66,7 +68,7 @@ def fit_overlap_weights(model, catalog: Catalog, split: str = "val", top: int = 
     products = catalog.select(split, "product")
     if head is None or head.overlap_weights is None or not products:
         return {}
-    _, truth, shortlist = _shortlist(model, products, top, None)
+    _, truth, shortlist = _shortlist(model, catalog, products, top, None)
     logits, overlap = _shortlist_logits(model, products, shortlist)
     mean_overlap = overlap.mean(axis=-1)
     before = _top1_recall(shortlist, logits, truth)

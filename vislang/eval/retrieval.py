@@ -1,7 +1,9 @@
 """Retrieval metrics on a catalog split, for any encoder with encode_images / encode_texts.
 
 Product queries are catalog captions; products that share a caption are indistinguishable by
-it, so any of them counts as a hit. Room photo -> products searches every product and
+it, so any of them counts as a hit. Text <-> image rankings add, for an encoder with
+`lookalike_texts`, the query's cosine with the captions of the training images like the gallery
+image (models/lookalike.py). Room photo -> products searches every product and
 scores the share of the room's listed products found in the top K, each product scored by its
 photo and its catalog caption, and by the votes of the training rooms like the photo.
 """
@@ -49,11 +51,14 @@ ImageCache = dict[Path, np.ndarray]  # image path -> embedding, shared by evalua
 
 
 def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str,
-                   gallery_kind: str = "product") -> np.ndarray:
+                   gallery_kind: str = "product", lookalikes: np.ndarray | None = None) -> np.ndarray:
     """queries @ gallery.T, less the encoder's hubness penalty of each gallery item when it has one
     (models/hubness.py); an encoder without `hubness_penalty` (the open_clip baseline) and the
-    kinds in `PLAIN_COSINE_KINDS` (rooms) rank by cosine."""
+    kinds in `PLAIN_COSINE_KINDS` (rooms) rank by cosine. `lookalikes` (`lookalike_texts` of the
+    images, gallery or queries) adds each text's cosine with its image's look-alike captions."""
     scores = queries @ gallery.T
+    if lookalikes is not None:
+        scores = scores + (queries @ lookalikes.T if gallery_modality == "image" else lookalikes @ gallery.T)
     penalty = getattr(encoder, "hubness_penalty", None)
     if penalty is None or gallery_kind in PLAIN_COSINE_KINDS:
         return scores
@@ -78,20 +83,39 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
         images = image_embeddings(encoder, products, cache)
         texts = encoder.encode_texts([item.caption for item in products])
         truth = _same_caption_truth(products)
-        for k, value in recall_at_k(ranking_scores(encoder, texts, images, "image"), truth, (1, 5, 10)).items():
+        borrowed = lookalike_texts(encoder, catalog, products, images, cache)
+        for k, value in recall_at_k(ranking_scores(encoder, texts, images, "image", lookalikes=borrowed), truth, (1, 5, 10)).items():
             metrics[f"product_text2image_r{k}"] = value
-        for k, value in recall_at_k(ranking_scores(encoder, images, texts, "text"), truth, (1, 5, 10)).items():
+        for k, value in recall_at_k(ranking_scores(encoder, images, texts, "text", lookalikes=borrowed), truth, (1, 5, 10)).items():
             metrics[f"product_image2text_r{k}"] = value
     rooms = catalog.select(split, "room")
     if rooms:
         room_images = image_embeddings(encoder, rooms, cache)
         titles = encoder.encode_texts([item.caption for item in rooms])
-        for k, value in recall_at_k(ranking_scores(encoder, titles, room_images, "image", "room"),
-                                       _same_caption_truth(rooms), (1, 5)).items():
+        title2image = ranking_scores(encoder, titles, room_images, "image", "room",
+                                     lookalike_texts(encoder, catalog, rooms, room_images, cache))
+        for k, value in recall_at_k(title2image, _same_caption_truth(rooms), (1, 5)).items():
             metrics[f"room_title2image_r{k}"] = value
         metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
         metrics.update(_room_zero_shot(encoder, catalog, rooms, room_images))
     return metrics
+
+
+def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], images: np.ndarray,
+                    cache: ImageCache) -> np.ndarray | None:
+    """The encoder's look-alike caption vectors [N, D] of the items' images (models/lookalike.py),
+    from the catalog's training items of their kind; None for an encoder without `lookalike_texts`
+    (the open_clip baseline) or with it off. An item that is a training item never borrows its own caption."""
+    borrow = getattr(encoder, "lookalike_texts", None)
+    bank = catalog.select("train", items[0].kind) if items else []
+    if borrow is None or not bank:
+        return None
+    row = {item.image: i for i, item in enumerate(bank)}
+    exclude = np.zeros((len(items), len(bank)), bool)
+    for i, item in enumerate(items):
+        if item.image in row:
+            exclude[i, row[item.image]] = True
+    return borrow(images, image_embeddings(encoder, bank, cache), encoder.encode_texts([item.caption for item in bank]), exclude)
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:

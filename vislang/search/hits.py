@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.catalog import Item
 
-Record = dict[str, Any]  # id, kind, image, title, type, color, links: plain JSON, one line per vector
+Record = dict[str, Any]  # id, kind, image, title, type, color, links, caption, split: plain JSON, one line per vector
 
 
 def record_of(item: Item) -> Record:
@@ -22,6 +22,8 @@ def record_of(item: Item) -> Record:
         "type": meta.get("type") or meta.get("category") or None,
         "color": meta.get("color") or None,
         "links": list(item.links),
+        "caption": item.caption,  # the training items' captions are the index's look-alike captions
+        "split": item.split,
     }
 
 

@@ -10,12 +10,18 @@ Text queries rank products as `vislang eval` does: by cosine less each product's
 coordinate more than the model's embedding, minus its penalty, and every query one more, its text
 share (1 for a text, 0 for a photo, the text's coefficient in a photo+text query): the inner
 product is then cosine - text share x penalty (exactly in a Flat index; an IVF, SQ8 or HNSW
-index approximates it as it approximates the cosine).
+index approximates it as it approximates the cosine). A model with look-alike captions
+(`model.lookalike_texts`, models/lookalike.py) adds D coordinates more: each item stores the
+weighted captions of the index's training items whose photos look like its photo (none its own),
+and each query the query vector again times its text share, so a text query gains its cosine with
+them, as in `vislang eval`, and a photo query nothing. An item's look-alikes are those of the
+index when it was added; a rebuild refreshes them after training items have been added.
 
 The folder holds:
   manifest.json               format, version, model fingerprint and checkpoint, dimension
-                              (the model's; the FAISS vectors have one more, the penalty),
-                              metric, count, requested factory, and per kind: count, factory,
+                              (the model's; the FAISS vectors have one more, the penalty, and
+                              with `lookalikes` D more), metric, count, requested factory, and
+                              per kind: count, factory,
                               tuned search parameters and recall, file names, sizes and sha256
   <n>-<kind>.<generation>.faiss   the CPU index (faiss.write_index)
   <n>-<kind>.<generation>.jsonl   one record per vector, in label order
@@ -59,7 +65,8 @@ from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_
 from .query import rerank as rerank_hits
 from .room_photo import check_room_query, room_photo_hits
 
-FORMAT, VERSION = "vislang-index", 2  # 2: vectors carry the hubness penalty
+FORMAT, VERSION = "vislang-index", 3  # 2: vectors carry the hubness penalty; 3: and may carry look-alike captions
+READABLE_VERSIONS = (2, 3)  # a version 2 index is a version 3 index without look-alike captions
 MANIFEST = "manifest.json"
 METRIC_NAME = "inner_product"
 TUNING_QUERIES = 1000  # per query set: enough for the margin of two standard errors to stay under 1%
@@ -94,13 +101,13 @@ class _Part:
     def by_id(self) -> dict[str, Record]:
         return {record["id"]: record for record in self.records}
 
-    def vectors(self, labels: Sequence[int]) -> np.ndarray:
-        """The embeddings [N, D] stored at rows `labels`, without the penalty coordinate, decoded from
-        the CPU index (exact for Flat, IVF-Flat and HNSW; SQ8 decodes them as approximately as it searches)."""
+    def rows(self, labels: Sequence[int]) -> np.ndarray:
+        """The vectors stored at rows `labels`, decoded from the CPU index (exact for Flat, IVF-Flat
+        and HNSW; SQ8 decodes them as approximately as it searches)."""
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
             ivf.make_direct_map()  # an IVF finds a row by its id only through this map
-        return self.index.reconstruct_batch(np.asarray(labels, dtype=np.int64))[:, :-1]
+        return self.index.reconstruct_batch(np.asarray(labels, dtype=np.int64))
 
     def add(self, vectors: np.ndarray, records: list[Record]) -> None:
         add_in_chunks(self.searcher, vectors)  # on the GPU when the index is there (IVF assignment is the cost)
@@ -119,8 +126,10 @@ class Index:
     """
 
     def __init__(self, parts: dict[str, _Part], dimension: int, fingerprint: str, checkpoint: Path,
-                 factory: str = "auto", target_recall: float = 0.95, gpu: bool | None = None, model: VisLang | None = None) -> None:
+                 factory: str = "auto", target_recall: float = 0.95, gpu: bool | None = None, model: VisLang | None = None,
+                 lookalikes: bool = False) -> None:
         self.parts, self.dimension, self.fingerprint = parts, dimension, fingerprint
+        self.lookalikes = lookalikes
         self.checkpoint, self.factory, self.target_recall = Path(checkpoint), factory, target_recall
         self.gpu = want_gpu(gpu)
         self._model = model
@@ -145,10 +154,10 @@ class Index:
         model = model if isinstance(model, VisLang) else load(model)
         checkpoint = _checkpoint_of(model).resolve()  # absolute: the index is used from other folders
         index = cls({}, model.model.cfg["embed_dim"], model_fingerprint(checkpoint), checkpoint, factory,
-                    target_recall, gpu, model)
+                    target_recall, gpu, model, lookalikes=bool(model.config["model"]["lookalike_texts"]["weight"]))
         items = _select(items, parse_kinds(kinds))
         for kind in dict.fromkeys(item.kind for item in items):  # a factory that cannot work fails before embedding
-            resolve_factory(factory, sum(item.kind == kind for item in items), index.dimension + 1, f"the {kind} collection")
+            resolve_factory(factory, sum(item.kind == kind for item in items), index.width, f"the {kind} collection")
         if index._add_items(items, batch_size, progress) == 0:
             raise SearchError(f"nothing to index: no images of kind {kinds or 'any'} could be read")
         return index
@@ -176,28 +185,57 @@ class Index:
         new = [new[i] for i in kept]
         for kind in dict.fromkeys(item.kind for item in new):
             rows = [i for i, item in enumerate(new) if item.kind == kind]
+            stored = self._stored(kind, vectors[rows], [new[i] for i in rows])
             records = [record_of(new[i]) for i in rows]
             if kind in self.parts:
-                self.parts[kind].add(self._stored(kind, vectors[rows]), records)
+                self.parts[kind].add(stored, records)
             else:
-                self.parts[kind] = self._new_part(kind, vectors[rows], records, [new[i].caption for i in rows], progress)
+                self.parts[kind] = self._new_part(kind, stored, records, [new[i].caption for i in rows], progress)
         return len(new)
 
-    def _stored(self, kind: str, embeddings: np.ndarray) -> np.ndarray:
-        """[N, D + 1]: the embeddings and minus their hubness penalty (zero for plain-cosine kinds
-        and for a model trained without one), what FAISS holds (see the module docstring)."""
+    @property
+    def width(self) -> int:
+        """Coordinates of a stored vector: the embedding, minus its penalty, and its look-alike captions if any."""
+        return self.dimension * (2 if self.lookalikes else 1) + 1
+
+    def embeddings(self, kind: str, labels: Sequence[int]) -> np.ndarray:
+        """The image embeddings [N, D] stored for `kind` at rows `labels`."""
+        return self.parts[kind].rows(labels)[:, : self.dimension]
+
+    def _stored(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> np.ndarray:
+        """[N, width]: the items' embeddings, minus their hubness penalty (zero for plain-cosine kinds
+        and for a model trained without one), and their look-alike captions when the index has
+        them: what FAISS holds (see the module docstring)."""
         penalty = (np.zeros(len(embeddings), np.float32) if kind in PLAIN_COSINE_KINDS
                    else self.model.hubness_penalty(embeddings, "image"))
-        return np.ascontiguousarray(np.hstack([embeddings, -penalty[:, None]]), dtype=np.float32)
+        columns = [embeddings, -penalty[:, None]]
+        if self.lookalikes:
+            columns.append(self._lookalike_captions(kind, embeddings, items))
+        return np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
 
-    def _new_part(self, kind: str, embeddings: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> _Part:
-        factory = resolve_factory(self.factory, len(embeddings), self.dimension + 1, f"the {kind} collection")
-        stored = self._stored(kind, embeddings)
+    def _lookalike_captions(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> np.ndarray:
+        """The new items' look-alike caption vectors [N, D] (VisLang.lookalike_texts), borrowed from the
+        index's training items of their kind, those already indexed and those being added; none
+        borrows its own caption."""
+        old = [label for label, record in enumerate(self.parts[kind].records if kind in self.parts else [])
+               if record.get("split") == "train"]
+        new = [i for i, item in enumerate(items) if item.split == "train"]
+        if not old and not new:
+            return np.zeros_like(embeddings)
+        bank = np.concatenate([self.embeddings(kind, old) if old else embeddings[:0], embeddings[new]])
+        captions = [self.parts[kind].records[label]["caption"] for label in old] + [items[i].caption for i in new]
+        exclude = np.zeros((len(items), len(bank)), bool)
+        exclude[new, len(old) + np.arange(len(new))] = True
+        return self.model.lookalike_texts(embeddings, bank, self.model.encode_texts(captions), exclude)
+
+    def _new_part(self, kind: str, stored: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> _Part:
+        factory = resolve_factory(self.factory, len(stored), self.width, f"the {kind} collection")
         index = build_faiss_index(stored, factory, gpu=self.gpu, progress=progress)
         part = _Part(kind, factory, index, records)
         part.place(self.gpu)
         if tuning_parameter(factory):
-            part.tuning = tune(part.searcher, stored, factory, self._tuning_queries(embeddings, captions), self.target_recall)
+            part.tuning = tune(part.searcher, stored, factory, self._tuning_queries(stored[:, : self.dimension], captions),
+                               self.target_recall)
         return part
 
     def _tuning_queries(self, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
@@ -206,8 +244,8 @@ class Index:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(embeddings), min(TUNING_QUERIES, len(embeddings)), replace=False))
         texts = [captions[i] for i in rng.choice(len(captions), min(TUNING_QUERIES, len(captions)), replace=False)]
-        return [Queries("photo", with_share(embeddings[rows], 0.0), own=rows),
-                Queries("text", with_share(self.model.encode_texts(texts), 1.0))]
+        return [Queries("photo", with_share(embeddings[rows], 0.0, self.lookalikes), own=rows),
+                Queries("text", with_share(self.model.encode_texts(texts), 1.0, self.lookalikes))]
 
     # ------------------------------------------------------------ the model
 
@@ -293,7 +331,7 @@ class Index:
         vectors = np.atleast_2d(vectors)
         if vectors.shape[1] != self.dimension:
             raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d, the index holds {self.dimension}-d vectors")
-        vectors = with_share(vectors, text_share)
+        vectors = with_share(vectors, text_share, self.lookalikes)
         results: list[list[Hit]] = [[] for _ in vectors]
         for part in self._parts_for(kind):
             wanted = min(k, len(part.records))
@@ -322,7 +360,8 @@ class Index:
             tuned += [f"recall@10 {name} {value:.3f}" for name, value in part.tuning.recall.items()]
             parts.append(f"{kind} {len(part.records)} ({', '.join([part.factory, *tuned])})")
         where = "GPU" if self.gpu else "CPU"
-        return f"{len(self)} images, {self.dimension}-d, on the {where}: " + "; ".join(parts)
+        extra = " with look-alike captions" if self.lookalikes else ""
+        return f"{len(self)} images, {self.dimension}-d{extra}, on the {where}: " + "; ".join(parts)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the index folder (see the module docstring); an existing index is replaced only
@@ -353,7 +392,7 @@ class Index:
         manifest = {
             "format": FORMAT, "version": VERSION, "generation": generation,
             "model": {"fingerprint": self.fingerprint, "checkpoint": str(self.checkpoint)},
-            "dimension": self.dimension, "metric": METRIC_NAME, "count": len(self),
+            "dimension": self.dimension, "lookalikes": self.lookalikes, "metric": METRIC_NAME, "count": len(self),
             "factory": self.factory, "target_recall": self.target_recall, "parts": parts,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -375,12 +414,14 @@ class Index:
             dimension = int(manifest["dimension"])
             fingerprint, checkpoint = str(manifest["model"]["fingerprint"]), Path(manifest["model"]["checkpoint"])
             factory, target = str(manifest.get("factory", "auto")), float(manifest.get("target_recall", 0.95))
-            parts = {str(kind): _load_part(path, str(kind), entry, dimension) for kind, entry in manifest["parts"].items()}
+            lookalikes = bool(manifest.get("lookalikes", False))
+            width = dimension * (2 if lookalikes else 1) + 1
+            parts = {str(kind): _load_part(path, str(kind), entry, dimension, width) for kind, entry in manifest["parts"].items()}
         except SearchError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise IndexFormatError(f"corrupt index at {path}: {MANIFEST} lacks or mangles {err}") from None
-        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu)
+        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu, lookalikes=lookalikes)
         if model is not None:
             index.use_model(model)
         return index
@@ -429,15 +470,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"corrupt index at {path}: {MANIFEST} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFormatError(f"not a vislang index: {file}")
-    if manifest.get("version") != VERSION:
-        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads version {VERSION}: "
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads versions "
+                               f"{' and '.join(map(str, READABLE_VERSIONS))}: "
                                "rebuild it with `vislang index build`")
     if manifest.get("metric") != METRIC_NAME:
         raise IndexFormatError(f"{path} uses the metric {manifest.get('metric')!r}; vislang searches by {METRIC_NAME}")
     return manifest
 
 
-def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int) -> _Part:
+def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int, width: int) -> _Part:
     for name, expected in entry["files"].items():
         file = path / name
         if not file.is_file():
@@ -454,7 +496,7 @@ def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int) -> 
         records = [json.loads(line) for line in lines if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"corrupt index at {path}: {entry['records_file']} is not JSON lines ({err})") from None
-    if index.ntotal != len(records) or index.d != dimension + 1:
+    if index.ntotal != len(records) or index.d != width:
         raise IndexFormatError(f"corrupt index at {path}: {kind} has {index.ntotal} {index.d}-d vectors but "
-                               f"{len(records)} records and a {dimension}-d manifest (the vectors take one more)")
+                               f"{len(records)} records and a {dimension}-d manifest (the vectors take {width})")
     return _Part(kind, entry["factory"], index, records, Tuning(dict(entry.get("params") or {}), dict(entry.get("tuned_recall_at_10") or {})))

@@ -56,11 +56,13 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def with_share(vectors: np.ndarray, text_share: float | np.ndarray) -> np.ndarray:
+def with_share(vectors: np.ndarray, text_share: float | np.ndarray, lookalikes: bool = False) -> np.ndarray:
     """[Q, D + 1]: query vectors with their text share as the last coordinate, what the index's
-    vectors (embedding, -penalty) are searched with (search/index.py)."""
-    share = np.broadcast_to(np.asarray(text_share, np.float32), (len(vectors),))
-    return np.ascontiguousarray(np.hstack([vectors, share[:, None]]), dtype=np.float32)
+    vectors (embedding, -penalty) are searched with; with `lookalikes`, [Q, 2D + 1]: then the
+    vectors once more times the share, against the stored look-alike captions (search/index.py)."""
+    share = np.broadcast_to(np.asarray(text_share, np.float32), (len(vectors),))[:, None]
+    columns = [vectors, share] + ([share * vectors] if lookalikes else [])
+    return np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
 
 
 def mix(photo: np.ndarray, text: np.ndarray, text_weight: float) -> tuple[np.ndarray, np.ndarray]:

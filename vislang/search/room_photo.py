@@ -66,9 +66,9 @@ def room_photo_hits(index: Index, photos: np.ndarray, k: int) -> list[list[Hit]]
         for row, ls in enumerate(listed):
             links[row, [column[p] for p in ls]] = 1.0
         # each voter's weighted vote: the vote of a room listing only itself
-        weights = (index.model.room_vote(photo[None], rooms.vectors(voters), np.eye(len(voters), dtype=np.float32))[0]
+        weights = (index.model.room_vote(photo[None], index.embeddings("room", voters), np.eye(len(voters), dtype=np.float32))[0]
                    if voters else np.zeros(0, np.float32))
-        scores = products.vectors(candidates) @ photo + weights @ links
+        scores = index.embeddings("product", candidates) @ photo + weights @ links
         hits = []
         for c in np.argsort(-scores, kind="stable")[:k]:
             shown = [rooms.records[voters[r]]["id"] for r in np.argsort(-weights * links[:, c], kind="stable")
