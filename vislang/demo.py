@@ -12,7 +12,7 @@ from .checkpoint import CheckpointError, find_checkpoint, saved_config
 from .config import ConfigError, load_config
 from .data import find_data_dir, read_catalog
 from .eval.report import evaluate_model, format_report
-from .eval.retrieval import ImageCache, image_embeddings, lookalike_texts, ranking_scores
+from .eval.retrieval import EmbeddingCache, image_embeddings, lookalike_texts, ranking_scores
 from .train import train
 from .viz import result_grid, result_page
 
@@ -46,7 +46,7 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
         print(f"using the model already trained in {checkpoint} (pass --retrain to train again)")
     model = load(output)
     catalog = read_catalog(data_dir)
-    cache: ImageCache = {}  # image embeddings, shared by the metrics and the example grid
+    cache: EmbeddingCache = {}  # image and caption embeddings, shared by the metrics and the example grid
     metrics = evaluate_model(model, catalog, "test", cache)
     print(f"\ntest split\n{format_report(metrics, catalog, 'test')}")
     (output / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -84,7 +84,7 @@ def _move_aside(output: Path) -> Path:
     return target
 
 
-def _example_rows(model, catalog, cache: ImageCache, per_row: int = 5, n_products: int = 5):
+def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_products: int = 5):
     products, rooms = catalog.select("test", "product"), catalog.select(None, "room")
     picks = random.Random(0).sample(products, min(n_products, len(products)))
     rows = []

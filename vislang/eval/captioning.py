@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import ImageCache, image_embeddings
+from .retrieval import EmbeddingCache, image_embeddings
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,7 +40,7 @@ def references(item: Item) -> list[str]:
 
 
 def evaluate_captions(
-    model, catalog: Catalog, split: str = "test", num_beams: int = 3, cache: ImageCache | None = None
+    model, catalog: Catalog, split: str = "test", num_beams: int = 3, cache: EmbeddingCache | None = None
 ) -> tuple[dict[str, float], list[str]]:
     """Decoder and nearest-neighbour-retrieval caption scores on the split's products."""
     products = catalog.select(split, "product")

@@ -4,13 +4,13 @@ from __future__ import annotations
 from ..data.catalog import Catalog
 from .captioning import evaluate_captions
 from .reranking import evaluate_reranking
-from .retrieval import ImageCache, chance_levels, evaluate
+from .retrieval import EmbeddingCache, chance_levels, evaluate
 
 
-def evaluate_model(model, catalog: Catalog, split: str = "test", cache: ImageCache | None = None) -> dict[str, float]:
+def evaluate_model(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
     """Retrieval metrics, plus caption scores and re-ranking when the model has those heads.
 
-    All of them share one image-embedding cache, so each image is encoded once.
+    All of them share one embedding cache, so each image and each caption is encoded once.
     """
     cache = {} if cache is None else cache
     metrics = evaluate(model, catalog, split, cache)

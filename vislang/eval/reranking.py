@@ -14,16 +14,24 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import ImageCache, _same_caption_truth, image_embeddings, lookalike_texts, ranking_scores, recall_at_k
+from .retrieval import (
+    EmbeddingCache,
+    _same_caption_truth,
+    image_embeddings,
+    lookalike_texts,
+    ranking_scores,
+    recall_at_k,
+    text_embeddings,
+)
 
 OVERLAP_WEIGHTS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0)  # logit units; the head's logits span ~10
 
 
-def _shortlist(model, catalog: Catalog, products: list[Item], top: int, cache: ImageCache | None):
+def _shortlist(model, catalog: Catalog, products: list[Item], top: int, cache: EmbeddingCache | None):
     """Contrastive scores [Q, G] (as `vislang eval` ranks them), truth per query, and each query's `top` best gallery rows."""
     cache = {} if cache is None else cache
     images = image_embeddings(model, products, cache)
-    scores = ranking_scores(model, model.encode_texts([item.caption for item in products]), images, "image",
+    scores = ranking_scores(model, text_embeddings(model, [item.caption for item in products], cache), images, "image",
                             lookalikes=lookalike_texts(model, catalog, products, images, cache))
     return scores, _same_caption_truth(products), np.argsort(-scores, axis=1, kind="stable")[:, :top]
 
@@ -47,7 +55,7 @@ def _top1_recall(shortlist: np.ndarray, scores: np.ndarray, truth: list[set[int]
 
 
 def evaluate_reranking(
-    model, catalog: Catalog, split: str = "test", top: int = 20, cache: ImageCache | None = None
+    model, catalog: Catalog, split: str = "test", top: int = 20, cache: EmbeddingCache | None = None
 ) -> dict[str, float]:
     """Product text->image R@1 from the contrastive ranking, and after the matching head re-scores its top `top`."""
     products = catalog.select(split, "product")

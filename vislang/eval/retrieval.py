@@ -47,7 +47,9 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
     return [by_caption[item.caption] for item in items]
 
 
-ImageCache = dict[Path, np.ndarray]  # image path -> embedding, shared by evaluations of one model
+# image path (a Path) -> image embedding, text (a str) -> text embedding: shared by the evaluations of
+# one model, so that each image and each caption is encoded once
+EmbeddingCache = dict[Path | str, np.ndarray]
 
 
 def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str,
@@ -65,23 +67,34 @@ def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, g
     return scores - penalty(gallery, gallery_modality)[None, :]
 
 
-def image_embeddings(encoder: Encoder, items: list[Item], cache: ImageCache) -> np.ndarray:
+def image_embeddings(encoder: Encoder, items: list[Item], cache: EmbeddingCache) -> np.ndarray:
     """Embeddings of the items' images, encoding only those not already in `cache`."""
-    missing = [item.image for item in items if item.image not in cache]
+    return _cached(encoder.encode_images, [item.image for item in items], cache)
+
+
+def text_embeddings(encoder: Encoder, texts: list[str], cache: EmbeddingCache) -> np.ndarray:
+    """Embeddings of the texts, encoding only those not already in `cache`."""
+    return _cached(encoder.encode_texts, texts, cache)
+
+
+def _cached(encode, keys: list, cache: EmbeddingCache) -> np.ndarray:
+    if not keys:
+        return encode([])
+    missing = list(dict.fromkeys(key for key in keys if key not in cache))
     if missing:
-        for path, row in zip(missing, encoder.encode_images(missing)):
-            cache[path] = row
-    return np.stack([cache[item.image] for item in items])
+        for key, row in zip(missing, encode(missing)):
+            cache[key] = row
+    return np.stack([cache[key] for key in keys])
 
 
-def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: ImageCache | None = None) -> dict[str, float]:
+def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
     """Every retrieval metric the project reports, on one split of a catalog."""
     metrics: dict[str, float] = {}
     cache = {} if cache is None else cache
     products = catalog.select(split, "product") or catalog.select(split, "image")
     if products:
         images = image_embeddings(encoder, products, cache)
-        texts = encoder.encode_texts([item.caption for item in products])
+        texts = text_embeddings(encoder, [item.caption for item in products], cache)
         truth = _same_caption_truth(products)
         borrowed = lookalike_texts(encoder, catalog, products, images, cache)
         for k, value in recall_at_k(ranking_scores(encoder, texts, images, "image", lookalikes=borrowed), truth, (1, 5, 10)).items():
@@ -91,7 +104,7 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
     rooms = catalog.select(split, "room")
     if rooms:
         room_images = image_embeddings(encoder, rooms, cache)
-        titles = encoder.encode_texts([item.caption for item in rooms])
+        titles = text_embeddings(encoder, [item.caption for item in rooms], cache)
         title2image = ranking_scores(encoder, titles, room_images, "image", "room",
                                      lookalike_texts(encoder, catalog, rooms, room_images, cache))
         for k, value in recall_at_k(title2image, _same_caption_truth(rooms), (1, 5)).items():
@@ -102,7 +115,7 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Ima
 
 
 def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], images: np.ndarray,
-                    cache: ImageCache) -> np.ndarray | None:
+                    cache: EmbeddingCache) -> np.ndarray | None:
     """The encoder's look-alike caption vectors [N, D] of the items' images (models/lookalike.py),
     from the catalog's training items of their kind; None for an encoder without `lookalike_texts`
     (the open_clip baseline) or with it off. An item that is a training item never borrows its own caption."""
@@ -115,7 +128,8 @@ def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], image
     for i, item in enumerate(items):
         if item.image in row:
             exclude[i, row[item.image]] = True
-    return borrow(images, image_embeddings(encoder, bank, cache), encoder.encode_texts([item.caption for item in bank]), exclude)
+    return borrow(images, image_embeddings(encoder, bank, cache), text_embeddings(encoder, [item.caption for item in bank], cache),
+                  exclude)
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
@@ -138,7 +152,7 @@ def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, 
 
 
 def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], room_images: np.ndarray,
-                        cache: ImageCache | None = None) -> dict[str, np.ndarray]:
+                        cache: EmbeddingCache | None = None) -> dict[str, np.ndarray]:
     """Each room photo's scores [Q, P] for every product of the catalog (in `catalog.select(None,
     "product")` order), whose sum ranks them: "photos", the cosine with the product's photo;
     "captions", with its catalog caption (training makes a room a positive for the texts of the
@@ -148,7 +162,7 @@ def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], r
     cache = {} if cache is None else cache
     gallery = catalog.select(None, "product")
     photos = room_images @ image_embeddings(encoder, gallery, cache).T
-    captions = room_images @ encoder.encode_texts([item.caption for item in gallery]).T
+    captions = room_images @ text_embeddings(encoder, [item.caption for item in gallery], cache).T
     vote = getattr(encoder, "room_vote", None)
     position = {item.id: i for i, item in enumerate(gallery)}
     bank = [room for room in catalog.select("train", "room") if any(p in position for p in room.links)]

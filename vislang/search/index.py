@@ -195,8 +195,7 @@ class Index:
 
     @property
     def width(self) -> int:
-        """Coordinates of a stored vector: the embedding, minus its penalty, and its look-alike captions if any."""
-        return self.dimension * (2 if self.lookalikes else 1) + 1
+        return stored_width(self.dimension, self.lookalikes)
 
     def embeddings(self, kind: str, labels: Sequence[int]) -> np.ndarray:
         """The image embeddings [N, D] stored for `kind` at rows `labels`."""
@@ -415,7 +414,7 @@ class Index:
             fingerprint, checkpoint = str(manifest["model"]["fingerprint"]), Path(manifest["model"]["checkpoint"])
             factory, target = str(manifest.get("factory", "auto")), float(manifest.get("target_recall", 0.95))
             lookalikes = bool(manifest.get("lookalikes", False))
-            width = dimension * (2 if lookalikes else 1) + 1
+            width = stored_width(dimension, lookalikes)
             parts = {str(kind): _load_part(path, str(kind), entry, dimension, width) for kind, entry in manifest["parts"].items()}
         except SearchError:
             raise
@@ -425,6 +424,11 @@ class Index:
         if model is not None:
             index.use_model(model)
         return index
+
+
+def stored_width(dimension: int, lookalikes: bool) -> int:
+    """Coordinates of a stored vector: the embedding, minus its penalty, and its look-alike captions if any."""
+    return dimension * (2 if lookalikes else 1) + 1
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
