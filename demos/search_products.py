@@ -15,7 +15,7 @@ import numpy as np
 import vislang
 from vislang.cli import run_for_user
 from vislang.data import find_data_dir, read_catalog
-from vislang.eval.retrieval import lookalike_texts, ranking_scores
+from vislang.eval.retrieval import text_to_image_scores
 from vislang.viz import result_grid
 
 DEFAULT_QUERIES = ["a black office chair", "a white bookcase", "a wooden dining table", "a pendant lamp", "a grey sofa"]
@@ -36,8 +36,9 @@ def main() -> None:
     gallery = catalog.select("test", args.kind)
     images = model.encode_images([item.image for item in gallery])
     texts = model.encode_texts(args.queries)
-    # as `vislang eval` ranks: less the hubness penalty, plus the look-alike captions' cosine
-    scores = ranking_scores(model, texts, images, "image", args.kind, lookalike_texts(model, catalog, gallery, images, {}))
+    # as `vislang eval` ranks: less the hubness penalty, plus the look-alike captions' cosine (rooms:
+    # plus the chance that query and photo name the same kind of room)
+    scores = text_to_image_scores(model, catalog, texts, gallery, images, {})
     rows = []
     for query, row in zip(args.queries, scores):
         top = np.argsort(-row)[: args.k]

@@ -3,9 +3,10 @@ import pytest
 
 from vislang.data.catalog import Catalog, Item
 from vislang.eval import chance_levels, evaluate
-from vislang.eval.retrieval import coverage_at_k, recall_at_k
+from vislang.eval.retrieval import coverage_at_k, recall_at_k, room_category_scores
 from vislang.eval.retrieval import lookalike_texts as retrieval_lookalikes
 from vislang.models.lookalike import lookalike_texts
+from vislang.models.room_category import category_probabilities
 from vislang.models.room_vote import room_vote
 
 
@@ -181,3 +182,63 @@ def test_product_rankings_add_the_captions_of_lookalike_training_products(tmp_pa
     train = catalog.select("train", "product")
     borrowed = retrieval_lookalikes(encoder, catalog, train, encoder.encode_images([item.image for item in train]), {})
     np.testing.assert_allclose(borrowed[-1], [0.0, 0.0, 2.0], atol=1e-6)
+
+
+def test_category_probabilities_hand_case():
+    bank = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8]])  # cosines 1, 0.6, 0.6 with the query
+    labels = np.array([0, 1, 1])
+    query = np.array([[1.0, 0.0]])
+    rest = 2 * np.exp(-4.0)  # weights exp(cos / 0.1), relative to the nearest
+    np.testing.assert_allclose(category_probabilities(query, bank, labels, 3, 0.1), [[1 / (1 + rest), rest / (1 + rest), 0.0]],
+                               rtol=1e-6)
+    own_left_out = category_probabilities(query, bank, labels, 3, 0.1, exclude=np.array([[True, False, False]]))
+    np.testing.assert_allclose(own_left_out, [[0.0, 1.0, 0.0]], atol=1e-7)
+    np.testing.assert_array_equal(category_probabilities(query, bank, labels, 3, 0.1, exclude=np.ones((1, 3), bool)), [[0, 0, 0]])
+    np.testing.assert_array_equal(category_probabilities(query, bank[:0], labels[:0], 3, 0.1), [[0, 0, 0]])  # no training rooms
+    with pytest.raises(ValueError, match="labels"):
+        category_probabilities(query, bank, np.array([0, 1, 3]), 3, 0.1)
+
+
+class _RoomCategoryEncoder:
+    """Room titles and photos do not meet in this space (one title is even nearer the wrong photo),
+    but each test room's title and photo look like those of a training room of its kind."""
+
+    TEXTS = {"sweet dreams": [1, 0, 0, 0], "dream on": [1, 0, 0, 0], "cook it up": [0, 1, 0, 0], "chef's table": [0, 1, 0, 0]}
+    IMAGES = {"bed": [0, 0, 1, 0], "test-bed": [0, 0, 1, 0], "kitchen": [0, 0, 0, 1], "test-kitchen": [0.1, 0, 0, 0.995]}
+
+    def __init__(self, catalog, weight):
+        self.by_image, self.weight = {item.image: item for item in catalog}, weight
+
+    def encode_images(self, items, batch_size=64):
+        return np.asarray([self.IMAGES[self.by_image[path].id] for path in items], np.float32)
+
+    def encode_texts(self, texts, batch_size=256):
+        return np.asarray([self.TEXTS.get(text, [0, 0, 0, 0]) for text in texts], np.float32)
+
+    def room_categories(self, embeddings, bank, labels, categories, modality, exclude=None):
+        if not self.weight:
+            return None
+        probabilities = category_probabilities(embeddings, bank, labels, categories, 0.1, exclude)
+        return probabilities if modality == "text" else self.weight * probabilities
+
+
+def test_room_titles_rank_by_the_kind_of_room_title_and_photo_agree_on(tmp_path):
+    def room(name, title, split, category):
+        return Item(name, "room", tmp_path / f"{name}.jpg", (title,), split, (), {"category": category})
+
+    catalog = Catalog([room("test-bed", "dream on", "test", "Bedroom"), room("test-kitchen", "chef's table", "test", "Kitchen"),
+                       room("bed", "sweet dreams", "train", "Bedroom"), room("kitchen", "cook it up", "train", "Kitchen")], tmp_path)
+    without = evaluate(_RoomCategoryEncoder(catalog, 0.0), catalog, "test")
+    assert without["room_title2image_r1"] == 0.0  # "dream on" is nearer the kitchen; "chef's table" ties, bedroom first
+    encoder = _RoomCategoryEncoder(catalog, 1.0)
+    assert evaluate(encoder, catalog, "test")["room_title2image_r1"] == 1.0
+    # a training room never classifies its own title or photo: each is then read from the other room
+    # alone, which is of the other kind (left in, each would be read as its own kind: the identity)
+    train, test = catalog.select("train", "room"), catalog.select("test", "room")
+    train_titles = encoder.encode_texts([item.caption for item in train])
+    test_photos = encoder.encode_images([item.image for item in test])
+    own_titles_out = room_category_scores(encoder, catalog, train_titles, test, test_photos, {}, text_items=train)
+    np.testing.assert_allclose(own_titles_out, [[0.0, 1.0], [1.0, 0.0]], atol=1e-4)  # the other kind keeps exp(-1 / 0.1) of the weight
+    test_titles = encoder.encode_texts([item.caption for item in test])
+    own_photos_out = room_category_scores(encoder, catalog, test_titles, train, encoder.encode_images([item.image for item in train]), {})
+    np.testing.assert_allclose(own_photos_out, [[0.0, 1.0], [1.0, 0.0]], atol=1e-4)

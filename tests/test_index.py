@@ -35,7 +35,7 @@ from vislang.search.factory import (
     resolve_factory,
     tune,
 )
-from vislang.eval.retrieval import lookalike_texts, ranking_scores, room_product_scores
+from vislang.eval.retrieval import lookalike_texts, ranking_scores, room_category_scores, room_product_scores
 from vislang.search.files import sha256_file
 from vislang.search.query import normalize
 from vislang.train import train
@@ -114,6 +114,10 @@ def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, c
     borrowed = dict(zip(products + rooms, np.concatenate([_lookalikes(model, catalog, products, images),
                                                           _lookalikes(model, catalog, rooms, images)])))
     text_lookalikes = np.stack([borrowed[item] for item in everything]) @ vectors[2]
+    # and rooms gain the chance that text and photo name the same kind of room (tiny.yaml has it on)
+    agreement = room_category_scores(model, catalog, vectors[2:3], rooms, np.stack([images[r.id] for r in rooms]), {})[0]
+    assert index.room_categories and np.ptp(agreement) > 0.01
+    text_lookalikes += np.asarray([agreement[rooms.index(item)] if item.kind == "room" else 0.0 for item in everything])
     room = rooms[0]
     for vector, paid, hits in ((vectors[2], text_penalty - text_lookalikes, index.search(texts=queries[2], k=12)[0]),
                                (images[room.id], 0.0, index.search(images=room.image, k=12)[0])):
@@ -208,28 +212,30 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
 def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
     # not training items: the look-alike captions of every item are then those of the index built in one go
     held_back = {item.id for item in catalog.select(None, "product") if item.split != "train"}
-    held_back = set(sorted(held_back)[-5:])
+    held_back = set(sorted(held_back)[-5:]) | set(sorted(item.id for item in catalog.select(None, "room") if item.split != "train")[-2:])
     first = Index.build(model, [item for item in catalog if item.id not in held_back], progress=False, gpu=False)
     folder = first.save(tmp_path / "index")
     old_files = {p.name for p in folder.iterdir()}
 
     grown = Index.load(folder, gpu=False)
-    assert grown.add(catalog, progress=False) == 5
+    assert grown.add(catalog, progress=False) == 7
     assert grown.add(catalog, progress=False) == 0  # already there: nothing twice
     grown.save(folder, overwrite=True)
     reloaded = Index.load(folder, gpu=False)
     assert len(reloaded) == len(catalog)
     for item in catalog:
         if item.id in held_back:
-            top = reloaded.search(images=item.image, k=1, kind="product")[0][0]
+            top = reloaded.search(images=item.image, k=1, kind=item.kind)[0][0]
             assert top.id == item.id and top.score == pytest.approx(1.0, abs=1e-5)
-    # added products carry their hubness penalty and look-alike captions too (from the training
-    # items already indexed): a text query scores every product as the index built in one go does
-    n = len(catalog.select(None, "product"))
-    scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind="product")[0]}
-              for found in (reloaded, index)]
-    assert scored[0].keys() == scored[1].keys()
-    np.testing.assert_allclose([scored[0][i] for i in scored[1]], list(scored[1].values()), rtol=1e-5, atol=1e-6)
+    # added products carry their hubness penalty and look-alike captions too, added rooms their
+    # categories (from the training items already indexed): a text query scores every item as the
+    # index built in one go does
+    for kind in ("product", "room"):
+        n = len(catalog.select(None, kind))
+        scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind=kind)[0]}
+                  for found in (reloaded, index)]
+        assert scored[0].keys() == scored[1].keys()
+        np.testing.assert_allclose([scored[0][i] for i in scored[1]], list(scored[1].values()), rtol=1e-5, atol=1e-6)
     # the previous generation's files are gone, the new manifest names only existing files
     manifest = json.loads((folder / "manifest.json").read_text())
     named = {name for part in manifest["parts"].values() for name in part["files"]}
@@ -255,17 +261,20 @@ def test_another_checkpoint_or_dimension_is_refused(index, model, tmp_path):
         index.search_vectors(np.zeros((1, 16), np.float32))
 
 
-def test_an_index_without_lookalike_captions_and_a_version_2_one_still_search(model, catalog, tmp_path, monkeypatch):
+def test_an_index_without_lookalike_captions_or_room_categories_and_a_version_2_one_still_search(
+        model, catalog, tmp_path, monkeypatch):
     monkeypatch.setitem(model.config["model"]["lookalike_texts"], "weight", 0.0)
+    monkeypatch.setitem(model.config["model"]["room_category"], "weight", 0.0)
     plain = Index.build(model, catalog, progress=False, gpu=False)
-    assert not plain.lookalikes and plain.parts["product"].index.d == plain.dimension + 1
+    assert not plain.lookalikes and not plain.room_categories
+    assert plain.parts["product"].index.d == plain.parts["room"].index.d == plain.dimension + 1
     folder = plain.save(tmp_path / "plain")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["version"] = 2  # what vislang wrote before look-alike captions: no "lookalikes" key
-    del manifest["lookalikes"]
+    del manifest["lookalikes"], manifest["room_categories"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     old = Index.load(folder, gpu=False)
-    assert not old.lookalikes
+    assert not old.lookalikes and not old.room_categories
     assert old.search(texts="a red chair", k=5) == plain.search(texts="a red chair", k=5)
 
 

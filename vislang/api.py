@@ -15,6 +15,7 @@ from .devices import pick_device
 from .models.generate import generate
 from .models.hubness import check_modality
 from .models.lookalike import lookalike_texts
+from .models.room_category import category_probabilities
 from .models.room_vote import room_vote
 
 
@@ -93,6 +94,21 @@ class VisLang:
         if not settings["weight"]:
             return None
         return settings["weight"] * lookalike_texts(images, bank_images, bank_texts, settings["temperature"], exclude)
+
+    def room_categories(self, embeddings: np.ndarray, bank: np.ndarray, labels: np.ndarray, categories: int,
+                        modality: str, exclude: np.ndarray | None = None) -> np.ndarray | None:
+        """[N, categories]: the kind of room each room photo or text [N, D] shows or names, from the
+        training rooms' photos or titles bank [B, D] like it and their categories labels [B]
+        (models/room_category.py). "text": P(category | text); "image": weight x P(category | photo),
+        so that a text's score for a photo gains their product. None for a model trained without
+        model.room_category.weight."""
+        settings = self.config["model"]["room_category"]
+        check_modality(modality)
+        if not settings["weight"]:
+            return None
+        temperature = settings["text_temperature" if modality == "text" else "photo_temperature"]
+        probabilities = category_probabilities(embeddings, bank, labels, categories, temperature, exclude)
+        return probabilities if modality == "text" else settings["weight"] * probabilities
 
     def _require(self, head: str, config_key: str) -> None:
         if getattr(self.model, head) is None:

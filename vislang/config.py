@@ -57,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
         # weight > 0: text <-> image rankings add weight x the query's cosine with the captions of
         # the training images that look like the gallery image (models/lookalike.py).
         "lookalike_texts": {"weight": 0.0, "temperature": 0.05},
+        # weight > 0: a text's ranking of room photos adds weight x the chance that the text and the
+        # photo name the same kind of room, each classified by the training rooms like it (by title,
+        # by photo; models/room_category.py).
+        "room_category": {"weight": 0.0, "photo_temperature": 0.05, "text_temperature": 0.05},
         "init_temperature": 0.07,
     },
     "data": {
@@ -123,12 +127,14 @@ _AT_LEAST_1 = (
 _AT_LEAST_0 = (
     "model.image.color_bins", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
     "model.hubness.bank_size", "model.room_vote.weight", "model.lookalike_texts.weight",
+    "model.room_category.weight",
     "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
     "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
     "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",
     "train.eval_every_epochs",
 )
-_ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "model.lookalike_texts.temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
+_ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "model.lookalike_texts.temperature",
+            "model.room_category.photo_temperature", "model.room_category.text_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
 _FRACTION = ("data.caption_prob", "train.min_lr_ratio")
 # (check, what the message says a value must be)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {

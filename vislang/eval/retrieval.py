@@ -3,9 +3,11 @@
 Product queries are catalog captions; products that share a caption are indistinguishable by
 it, so any of them counts as a hit. Text <-> image rankings add, for an encoder with
 `lookalike_texts`, the query's cosine with the captions of the training images like the gallery
-image (models/lookalike.py). Room photo -> products searches every product and
-scores the share of the room's listed products found in the top K, each product scored by its
-photo and its catalog caption, and by the votes of the training rooms like the photo.
+image (models/lookalike.py); room title -> image, for an encoder with `room_categories`, also the
+chance that title and photo name the same kind of room (models/room_category.py). Room photo ->
+products searches every product and scores the share of the room's listed products found in the
+top K, each product scored by its photo and its catalog caption, and by the votes of the training
+rooms like the photo.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..data.catalog import Catalog, Item
 from ..models.hubness import PLAIN_COSINE_KINDS
+from ..models.room_category import ROOM_KIND
 
 
 class Encoder(Protocol):
@@ -105,13 +108,24 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Emb
     if rooms:
         room_images = image_embeddings(encoder, rooms, cache)
         titles = text_embeddings(encoder, [item.caption for item in rooms], cache)
-        title2image = ranking_scores(encoder, titles, room_images, "image", "room",
-                                     lookalike_texts(encoder, catalog, rooms, room_images, cache))
+        title2image = text_to_image_scores(encoder, catalog, titles, rooms, room_images, cache, text_items=rooms)
         for k, value in recall_at_k(title2image, _same_caption_truth(rooms), (1, 5)).items():
             metrics[f"room_title2image_r{k}"] = value
         metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
         metrics.update(_room_zero_shot(encoder, catalog, rooms, room_images))
     return metrics
+
+
+def text_to_image_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, items: list[Item], images: np.ndarray,
+                         cache: EmbeddingCache, text_items: list[Item] | None = None) -> np.ndarray:
+    """[T, N]: how `vislang eval` ranks the images [N, D] of `items` (all of one kind) for texts
+    [T, D]: `ranking_scores` with the images' look-alike captions, and for rooms the chance that
+    text and photo name the same kind of room (`room_category_scores`; `text_items`: the catalog
+    items whose titles the texts are, if they are)."""
+    kind = items[0].kind if items else "product"
+    scores = ranking_scores(encoder, texts, images, "image", kind, lookalike_texts(encoder, catalog, items, images, cache))
+    agreement = room_category_scores(encoder, catalog, texts, items, images, cache, text_items) if kind == ROOM_KIND else None
+    return scores if agreement is None else scores + agreement
 
 
 def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], images: np.ndarray,
@@ -130,6 +144,37 @@ def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], image
             exclude[i, row[item.image]] = True
     return borrow(images, image_embeddings(encoder, bank, cache), text_embeddings(encoder, [item.caption for item in bank], cache),
                   exclude)
+
+
+def room_category_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, rooms: list[Item], room_images: np.ndarray,
+                         cache: EmbeddingCache, text_items: list[Item] | None = None) -> np.ndarray | None:
+    """[T, R]: what the encoder's `room_categories` adds to texts' [T, D] scores for the photos
+    [R, D] of `rooms`: weight x sum_c P(c | text) P(c | photo) (models/room_category.py), both from
+    the catalog's training rooms, leaving out a training room's own photo and, when the texts are
+    the titles of `text_items`, its own title. None for an encoder without it (the open_clip
+    baseline) or with it off."""
+    classify = getattr(encoder, "room_categories", None)
+    bank = [room for room in catalog.select("train", ROOM_KIND) if room.meta.get("category")]
+    if classify is None or not bank:
+        return None
+    categories = sorted({room.meta["category"] for room in bank})
+    labels = np.array([categories.index(room.meta["category"]) for room in bank])
+    own = {room.image: b for b, room in enumerate(bank)}
+
+    def excluded(items: list[Item]) -> np.ndarray:
+        mask = np.zeros((len(items), len(bank)), bool)
+        for i, item in enumerate(items):
+            if item.image in own:
+                mask[i, own[item.image]] = True
+        return mask
+
+    by_text = classify(texts, text_embeddings(encoder, [room.caption for room in bank], cache), labels, len(categories),
+                       "text", None if text_items is None else excluded(text_items))
+    if by_text is None:
+        return None
+    by_photo = classify(room_images, image_embeddings(encoder, bank, cache), labels, len(categories), "image",
+                        excluded(rooms))
+    return by_text @ by_photo.T
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:

@@ -15,12 +15,19 @@ index approximates it as it approximates the cosine). A model with look-alike ca
 weighted captions of the index's training items whose photos look like its photo (none its own),
 and each query the query vector again times its text share, so a text query gains its cosine with
 them, as in `vislang eval`, and a photo query nothing. An item's look-alikes are those of the
-index when it was added; a rebuild refreshes them after training items have been added.
+index when it was added; a rebuild refreshes them after training items have been added. A model
+with room categories (`model.room_category`, models/room_category.py) adds one coordinate per kind
+of room to the rooms' vectors (weight x P(category | photo), from the index's training rooms like
+the photo) and to a query searching rooms (its text share x P(category | query), from the index's
+training rooms whose titles are like it), so a text ranks rooms as in `vislang eval` too. The kinds
+are those of the rooms indexed at build time; a training room of another kind added later is
+not counted (a rebuild counts it).
 
 The folder holds:
   manifest.json               format, version, model fingerprint and checkpoint, dimension
                               (the model's; the FAISS vectors have one more, the penalty, and
-                              with `lookalikes` D more), metric, count, requested factory, and
+                              with `lookalikes` D more), room_categories (the rooms' vectors have
+                              one more for each), metric, count, requested factory, and
                               per kind: count, factory,
                               tuned search parameters and recall, file names, sizes and sha256
   <n>-<kind>.<generation>.faiss   the CPU index (faiss.write_index)
@@ -47,6 +54,7 @@ from ..api import VisLang, load
 from ..data.catalog import Catalog, Item
 from ..data.images import ImageLike
 from ..models.hubness import PLAIN_COSINE_KINDS
+from ..models.room_category import ROOM_KIND
 from .device import set_search_params, single_query_threads, to_cpu, to_gpu, want_gpu
 from .embed import embed_images
 from .errors import IndexFormatError, IndexMismatchError, QueryError, SearchError
@@ -65,8 +73,9 @@ from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_
 from .query import rerank as rerank_hits
 from .room_photo import check_room_query, room_photo_hits
 
-FORMAT, VERSION = "vislang-index", 3  # 2: vectors carry the hubness penalty; 3: and may carry look-alike captions
-READABLE_VERSIONS = (2, 3)  # a version 2 index is a version 3 index without look-alike captions
+# 2: vectors carry the hubness penalty; 3: and may carry look-alike captions; 4: and rooms their categories
+FORMAT, VERSION = "vislang-index", 4
+READABLE_VERSIONS = (2, 3, 4)  # an older index is a version 4 index without what came later
 MANIFEST = "manifest.json"
 METRIC_NAME = "inner_product"
 TUNING_QUERIES = 1000  # per query set: enough for the margin of two standard errors to stay under 1%
@@ -127,9 +136,9 @@ class Index:
 
     def __init__(self, parts: dict[str, _Part], dimension: int, fingerprint: str, checkpoint: Path,
                  factory: str = "auto", target_recall: float = 0.95, gpu: bool | None = None, model: VisLang | None = None,
-                 lookalikes: bool = False) -> None:
+                 lookalikes: bool = False, room_categories: Sequence[str] = ()) -> None:
         self.parts, self.dimension, self.fingerprint = parts, dimension, fingerprint
-        self.lookalikes = lookalikes
+        self.lookalikes, self.room_categories = lookalikes, list(room_categories)
         self.checkpoint, self.factory, self.target_recall = Path(checkpoint), factory, target_recall
         self.gpu = want_gpu(gpu)
         self._model = model
@@ -153,11 +162,13 @@ class Index:
         """Embed every image of the chosen kinds and index each kind with `factory` ("auto": see factory.py)."""
         model = model if isinstance(model, VisLang) else load(model)
         checkpoint = _checkpoint_of(model).resolve()  # absolute: the index is used from other folders
-        index = cls({}, model.model.cfg["embed_dim"], model_fingerprint(checkpoint), checkpoint, factory,
-                    target_recall, gpu, model, lookalikes=bool(model.config["model"]["lookalike_texts"]["weight"]))
         items = _select(items, parse_kinds(kinds))
+        categories = sorted({item.meta.get("category") for item in items if item.kind == ROOM_KIND} - {None, ""})
+        index = cls({}, model.model.cfg["embed_dim"], model_fingerprint(checkpoint), checkpoint, factory,
+                    target_recall, gpu, model, lookalikes=bool(model.config["model"]["lookalike_texts"]["weight"]),
+                    room_categories=categories if model.config["model"]["room_category"]["weight"] else ())
         for kind in dict.fromkeys(item.kind for item in items):  # a factory that cannot work fails before embedding
-            resolve_factory(factory, sum(item.kind == kind for item in items), index.width, f"the {kind} collection")
+            resolve_factory(factory, sum(item.kind == kind for item in items), index.width(kind), f"the {kind} collection")
         if index._add_items(items, batch_size, progress) == 0:
             raise SearchError(f"nothing to index: no images of kind {kinds or 'any'} could be read")
         return index
@@ -190,12 +201,13 @@ class Index:
             if kind in self.parts:
                 self.parts[kind].add(stored, records)
             else:
-                self.parts[kind] = self._new_part(kind, stored, records, [new[i].caption for i in rows], progress)
+                self._new_part(kind, stored, records, [new[i].caption for i in rows], progress)
+            self.__dict__.pop("_room_title_bank", None)
         return len(new)
 
-    @property
-    def width(self) -> int:
-        return stored_width(self.dimension, self.lookalikes)
+    def width(self, kind: str) -> int:
+        """Coordinates of the vectors stored for `kind` (see the module docstring)."""
+        return stored_width(self.dimension, self.lookalikes, len(self.room_categories) if kind == ROOM_KIND else 0)
 
     def embeddings(self, kind: str, labels: Sequence[int]) -> np.ndarray:
         """The image embeddings [N, D] stored for `kind` at rows `labels`."""
@@ -208,43 +220,76 @@ class Index:
         penalty = (np.zeros(len(embeddings), np.float32) if kind in PLAIN_COSINE_KINDS
                    else self.model.hubness_penalty(embeddings, "image"))
         columns = [embeddings, -penalty[:, None]]
+        if self.lookalikes or self._categorised(kind):
+            bank, records, exclude = self._training_bank(kind, embeddings, items)
         if self.lookalikes:
-            columns.append(self._lookalike_captions(kind, embeddings, items))
+            captions = self.model.encode_texts([record["caption"] for record in records])
+            columns.append(self.model.lookalike_texts(embeddings, bank, captions, exclude))
+        if self._categorised(kind):
+            labels, known = self._category_labels(records)
+            columns.append(self.model.room_categories(embeddings, bank[known], labels, len(self.room_categories),
+                                                      "image", exclude[:, known]))
         return np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
 
-    def _lookalike_captions(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> np.ndarray:
-        """The new items' look-alike caption vectors [N, D] (VisLang.lookalike_texts), borrowed from the
-        index's training items of their kind, those already indexed and those being added; none
-        borrows its own caption."""
+    def _training_bank(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> tuple[np.ndarray, list[Record], np.ndarray]:
+        """What new items of `kind` borrow from: the embeddings [B, D] and records of the index's
+        training items of that kind, those already indexed and those being added, and which of
+        them each new item must leave out [N, B] (itself)."""
         old = [label for label, record in enumerate(self.parts[kind].records if kind in self.parts else [])
                if record.get("split") == "train"]
         new = [i for i, item in enumerate(items) if item.split == "train"]
-        if not old and not new:
-            return np.zeros_like(embeddings)
         bank = np.concatenate([self.embeddings(kind, old) if old else embeddings[:0], embeddings[new]])
-        captions = [self.parts[kind].records[label]["caption"] for label in old] + [items[i].caption for i in new]
+        records = [self.parts[kind].records[label] for label in old] + [record_of(items[i]) for i in new]
         exclude = np.zeros((len(items), len(bank)), bool)
         exclude[new, len(old) + np.arange(len(new))] = True
-        return self.model.lookalike_texts(embeddings, bank, self.model.encode_texts(captions), exclude)
+        return bank, records, exclude
 
-    def _new_part(self, kind: str, stored: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> _Part:
-        factory = resolve_factory(self.factory, len(stored), self.width, f"the {kind} collection")
+    def _categorised(self, kind: str) -> bool:
+        return kind == ROOM_KIND and bool(self.room_categories)
+
+    def _category_labels(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+        """The category index of each training room whose category (its record's type) the index
+        knows, and which rooms those are."""
+        known = np.array([record.get("type") in self.room_categories for record in records], bool)
+        labels = np.array([self.room_categories.index(record["type"]) for record, ok in zip(records, known) if ok], np.int64)
+        return labels, known
+
+    @cached_property
+    def _room_title_bank(self) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings of the indexed training rooms' titles and their category labels: what a
+        query's P(category | text) is read from (dropped whenever rooms are added)."""
+        records = [record for record in self.parts[ROOM_KIND].records if record.get("split") == "train"]
+        labels, known = self._category_labels(records)
+        titles = [record["caption"] for record, ok in zip(records, known) if ok]
+        return self.model.encode_texts(titles), labels
+
+    def _query(self, kind: str, vectors: np.ndarray, text_share: float | np.ndarray) -> np.ndarray:
+        """What the stored vectors of `kind` are searched with (see the module docstring)."""
+        query = with_share(vectors, text_share, self.lookalikes)
+        if not self._categorised(kind):
+            return query
+        titles, labels = self._room_title_bank
+        share = query[:, self.dimension : self.dimension + 1]
+        by_text = self.model.room_categories(vectors, titles, labels, len(self.room_categories), "text")
+        return np.ascontiguousarray(np.hstack([query, share * by_text]), dtype=np.float32)
+
+    def _new_part(self, kind: str, stored: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> None:
+        factory = resolve_factory(self.factory, len(stored), self.width(kind), f"the {kind} collection")
         index = build_faiss_index(stored, factory, gpu=self.gpu, progress=progress)
-        part = _Part(kind, factory, index, records)
+        part = self.parts[kind] = _Part(kind, factory, index, records)
         part.place(self.gpu)
         if tuning_parameter(factory):
-            part.tuning = tune(part.searcher, stored, factory, self._tuning_queries(stored[:, : self.dimension], captions),
-                               self.target_recall)
-        return part
+            part.tuning = tune(part.searcher, stored, factory,
+                               self._tuning_queries(kind, stored[:, : self.dimension], captions), self.target_recall)
 
-    def _tuning_queries(self, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
+    def _tuning_queries(self, kind: str, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
         """Photo queries (the items' own photos, each leaving itself out) and text queries (the
         items' captions): the two kinds of query the index will answer, each held to the recall target."""
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(embeddings), min(TUNING_QUERIES, len(embeddings)), replace=False))
         texts = [captions[i] for i in rng.choice(len(captions), min(TUNING_QUERIES, len(captions)), replace=False)]
-        return [Queries("photo", with_share(embeddings[rows], 0.0, self.lookalikes), own=rows),
-                Queries("text", with_share(self.model.encode_texts(texts), 1.0, self.lookalikes))]
+        return [Queries("photo", self._query(kind, embeddings[rows], 0.0), own=rows),
+                Queries("text", self._query(kind, self.model.encode_texts(texts), 1.0))]
 
     # ------------------------------------------------------------ the model
 
@@ -330,14 +375,14 @@ class Index:
         vectors = np.atleast_2d(vectors)
         if vectors.shape[1] != self.dimension:
             raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d, the index holds {self.dimension}-d vectors")
-        vectors = with_share(vectors, text_share, self.lookalikes)
         results: list[list[Hit]] = [[] for _ in vectors]
         for part in self._parts_for(kind):
             wanted = min(k, len(part.records))
             if wanted == 0:
                 continue
+            query = self._query(part.kind, vectors, text_share)
             with single_query_threads(len(vectors)):
-                scores, labels = part.searcher.search(vectors, wanted)
+                scores, labels = part.searcher.search(query, wanted)
             for hits, row_scores, row_labels in zip(results, scores, labels):
                 hits += [Hit.from_record(part.records[label], score) for score, label in zip(row_scores, row_labels) if label >= 0]
         # kinds are searched separately; their scores are cosines (less a penalty), so merge by score
@@ -360,6 +405,7 @@ class Index:
             parts.append(f"{kind} {len(part.records)} ({', '.join([part.factory, *tuned])})")
         where = "GPU" if self.gpu else "CPU"
         extra = " with look-alike captions" if self.lookalikes else ""
+        extra += f" and {len(self.room_categories)} room categories" if self.room_categories else ""
         return f"{len(self)} images, {self.dimension}-d{extra}, on the {where}: " + "; ".join(parts)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -391,7 +437,8 @@ class Index:
         manifest = {
             "format": FORMAT, "version": VERSION, "generation": generation,
             "model": {"fingerprint": self.fingerprint, "checkpoint": str(self.checkpoint)},
-            "dimension": self.dimension, "lookalikes": self.lookalikes, "metric": METRIC_NAME, "count": len(self),
+            "dimension": self.dimension, "lookalikes": self.lookalikes, "room_categories": self.room_categories,
+            "metric": METRIC_NAME, "count": len(self),
             "factory": self.factory, "target_recall": self.target_recall, "parts": parts,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -414,21 +461,26 @@ class Index:
             fingerprint, checkpoint = str(manifest["model"]["fingerprint"]), Path(manifest["model"]["checkpoint"])
             factory, target = str(manifest.get("factory", "auto")), float(manifest.get("target_recall", 0.95))
             lookalikes = bool(manifest.get("lookalikes", False))
-            width = stored_width(dimension, lookalikes)
-            parts = {str(kind): _load_part(path, str(kind), entry, dimension, width) for kind, entry in manifest["parts"].items()}
+            categories = [str(name) for name in manifest.get("room_categories", [])]
+            widths = {kind: stored_width(dimension, lookalikes, len(categories) if kind == ROOM_KIND else 0)
+                      for kind in map(str, manifest["parts"])}
+            parts = {str(kind): _load_part(path, str(kind), entry, dimension, widths[str(kind)])
+                     for kind, entry in manifest["parts"].items()}
         except SearchError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise IndexFormatError(f"corrupt index at {path}: {MANIFEST} lacks or mangles {err}") from None
-        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu, lookalikes=lookalikes)
+        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu, lookalikes=lookalikes,
+                    room_categories=categories)
         if model is not None:
             index.use_model(model)
         return index
 
 
-def stored_width(dimension: int, lookalikes: bool) -> int:
-    """Coordinates of a stored vector: the embedding, minus its penalty, and its look-alike captions if any."""
-    return dimension * (2 if lookalikes else 1) + 1
+def stored_width(dimension: int, lookalikes: bool, categories: int = 0) -> int:
+    """Coordinates of a stored vector: the embedding, minus its penalty, its look-alike captions if
+    any, and its room categories if any."""
+    return dimension * (2 if lookalikes else 1) + 1 + categories
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
