@@ -207,7 +207,7 @@ class Index:
 
     def width(self, kind: str) -> int:
         """Coordinates of the vectors stored for `kind` (see the module docstring)."""
-        return stored_width(self.dimension, self.lookalikes, len(self.room_categories) if kind == ROOM_KIND else 0)
+        return stored_width(self.dimension, self.lookalikes, len(self.room_categories), kind)
 
     def embeddings(self, kind: str, labels: Sequence[int]) -> np.ndarray:
         """The image embeddings [N, D] stored for `kind` at rows `labels`."""
@@ -215,13 +215,13 @@ class Index:
 
     def _stored(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> np.ndarray:
         """[N, width]: the items' embeddings, minus their hubness penalty (zero for plain-cosine kinds
-        and for a model trained without one), and their look-alike captions when the index has
-        them: what FAISS holds (see the module docstring)."""
+        and for a model trained without one), their look-alike captions and, for rooms, their
+        categories when the index has them: what FAISS holds (see the module docstring)."""
         penalty = (np.zeros(len(embeddings), np.float32) if kind in PLAIN_COSINE_KINDS
                    else self.model.hubness_penalty(embeddings, "image"))
         columns = [embeddings, -penalty[:, None]]
-        if self.lookalikes or self._categorised(kind):
-            bank, records, exclude = self._training_bank(kind, embeddings, items)
+        borrows = self.lookalikes or self._categorised(kind)
+        bank, records, exclude = self._training_bank(kind, embeddings, items) if borrows else (None, [], None)
         if self.lookalikes:
             captions = self.model.encode_texts([record["caption"] for record in records])
             columns.append(self.model.lookalike_texts(embeddings, bank, captions, exclude))
@@ -462,9 +462,8 @@ class Index:
             factory, target = str(manifest.get("factory", "auto")), float(manifest.get("target_recall", 0.95))
             lookalikes = bool(manifest.get("lookalikes", False))
             categories = [str(name) for name in manifest.get("room_categories", [])]
-            widths = {kind: stored_width(dimension, lookalikes, len(categories) if kind == ROOM_KIND else 0)
-                      for kind in map(str, manifest["parts"])}
-            parts = {str(kind): _load_part(path, str(kind), entry, dimension, widths[str(kind)])
+            parts = {str(kind): _load_part(path, str(kind), entry, dimension,
+                                           stored_width(dimension, lookalikes, len(categories), str(kind)))
                      for kind, entry in manifest["parts"].items()}
         except SearchError:
             raise
@@ -477,10 +476,10 @@ class Index:
         return index
 
 
-def stored_width(dimension: int, lookalikes: bool, categories: int = 0) -> int:
-    """Coordinates of a stored vector: the embedding, minus its penalty, its look-alike captions if
-    any, and its room categories if any."""
-    return dimension * (2 if lookalikes else 1) + 1 + categories
+def stored_width(dimension: int, lookalikes: bool, room_categories: int, kind: str) -> int:
+    """Coordinates of a vector stored for `kind`: the embedding, minus its penalty, its look-alike
+    captions if any, and a room's categories if any."""
+    return dimension * (2 if lookalikes else 1) + 1 + (room_categories if kind == ROOM_KIND else 0)
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
