@@ -137,13 +137,8 @@ def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], image
     bank = catalog.select("train", items[0].kind) if items else []
     if borrow is None or not bank:
         return None
-    row = {item.image: i for i, item in enumerate(bank)}
-    exclude = np.zeros((len(items), len(bank)), bool)
-    for i, item in enumerate(items):
-        if item.image in row:
-            exclude[i, row[item.image]] = True
     return borrow(images, image_embeddings(encoder, bank, cache), text_embeddings(encoder, [item.caption for item in bank], cache),
-                  exclude)
+                  _themselves(items, bank))
 
 
 def room_category_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, rooms: list[Item], room_images: np.ndarray,
@@ -159,22 +154,23 @@ def room_category_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, 
         return None
     categories = sorted({room.meta["category"] for room in bank})
     labels = np.array([categories.index(room.meta["category"]) for room in bank])
-    own = {room.image: b for b, room in enumerate(bank)}
-
-    def excluded(items: list[Item]) -> np.ndarray:
-        mask = np.zeros((len(items), len(bank)), bool)
-        for i, item in enumerate(items):
-            if item.image in own:
-                mask[i, own[item.image]] = True
-        return mask
-
     by_text = classify(texts, text_embeddings(encoder, [room.caption for room in bank], cache), labels, len(categories),
-                       "text", None if text_items is None else excluded(text_items))
+                       "text", None if text_items is None else _themselves(text_items, bank))
     if by_text is None:
         return None
     by_photo = classify(room_images, image_embeddings(encoder, bank, cache), labels, len(categories), "image",
-                        excluded(rooms))
+                        _themselves(rooms, bank))
     return by_text @ by_photo.T
+
+
+def _themselves(items: list[Item], bank: list[Item]) -> np.ndarray:
+    """[N, B] bool: where bank item b is item n itself (the same image), which must not lend it anything."""
+    row = {item.image: b for b, item in enumerate(bank)}
+    mask = np.zeros((len(items), len(bank)), bool)
+    for n, item in enumerate(items):
+        if item.image in row:
+            mask[n, row[item.image]] = True
+    return mask
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
@@ -216,8 +212,7 @@ def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], r
         links = np.zeros((len(bank), len(gallery)), np.float32)
         for r, room in enumerate(bank):
             links[r, [position[p] for p in room.links if p in position]] = 1
-        exclude = np.array([[query.image == room.image for room in bank] for query in rooms], bool).reshape(len(rooms), len(bank))
-        votes = vote(room_images, image_embeddings(encoder, bank, cache), links, exclude)
+        votes = vote(room_images, image_embeddings(encoder, bank, cache), links, _themselves(rooms, bank))
     return {"photos": photos, "captions": captions, "votes": np.zeros_like(photos) if votes is None else votes}
 
 
