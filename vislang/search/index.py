@@ -527,7 +527,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"not a vislang index: {file}")
     if manifest.get("version") not in READABLE_VERSIONS:
         raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads versions "
-                               f"{' and '.join(map(str, READABLE_VERSIONS))}: "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}: "
                                "rebuild it with `vislang index build`")
     if manifest.get("metric") != METRIC_NAME:
         raise IndexFormatError(f"{path} uses the metric {manifest.get('metric')!r}; vislang searches by {METRIC_NAME}")
