@@ -10,6 +10,12 @@ from ..data.catalog import Item
 Record = dict[str, Any]  # id, kind, image, title, type, color, links, caption, split: plain JSON, one line per vector
 
 
+def item_type(item: Item) -> str | None:
+    """What a result shows as the item's type: a product's type, a room's category (which the index's
+    room categories are read from too)."""
+    return item.meta.get("type") or item.meta.get("category") or None
+
+
 def record_of(item: Item) -> Record:
     """The fields a result shows, from a catalog item. Products: title is the catalog caption
     ("GRUNDTAL Wall shelf, Stainless steel"); rooms: the room title, and their category as type."""
@@ -19,7 +25,7 @@ def record_of(item: Item) -> Record:
         "kind": item.kind,
         "image": str(Path(item.image).resolve()),  # absolute, so results are usable from any folder
         "title": meta.get("title") or item.caption,
-        "type": meta.get("type") or meta.get("category") or None,
+        "type": item_type(item),
         "color": meta.get("color") or None,
         "links": list(item.links),
         "caption": item.caption,  # the training items' captions are the index's look-alike captions

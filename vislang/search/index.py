@@ -68,7 +68,7 @@ from .factory import (
     tuning_parameter,
 )
 from .files import model_fingerprint, sha256_file, write_atomic
-from .hits import Hit, Record, record_of
+from .hits import Hit, Record, item_type, record_of
 from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors, with_share
 from .query import rerank as rerank_hits
 from .room_photo import check_room_query, room_photo_hits
@@ -163,7 +163,7 @@ class Index:
         model = model if isinstance(model, VisLang) else load(model)
         checkpoint = _checkpoint_of(model).resolve()  # absolute: the index is used from other folders
         items = _select(items, parse_kinds(kinds))
-        categories = sorted({item.meta.get("category") for item in items if item.kind == ROOM_KIND} - {None, ""})
+        categories = sorted({item_type(item) for item in items if item.kind == ROOM_KIND} - {None})
         index = cls({}, model.model.cfg["embed_dim"], model_fingerprint(checkpoint), checkpoint, factory,
                     target_recall, gpu, model, lookalikes=bool(model.config["model"]["lookalike_texts"]["weight"]),
                     room_categories=categories if model.config["model"]["room_category"]["weight"] else ())
@@ -202,7 +202,8 @@ class Index:
                 self.parts[kind].add(stored, records)
             else:
                 self._new_part(kind, stored, records, [new[i].caption for i in rows], progress)
-            self.__dict__.pop("_room_title_bank", None)
+            if kind == ROOM_KIND:
+                self.__dict__.pop("_room_title_bank", None)
         return len(new)
 
     def width(self, kind: str) -> int:
