@@ -89,3 +89,11 @@ def test_unknown_tower_kind():
 
 def test_defaults_are_offline():
     assert DEFAULTS["model"]["text"]["name"] == "minilm-l6" and DEFAULTS["model"]["image"]["pretrained"] is False
+
+
+def test_decoded_captions_keep_hyphenated_words_whole():
+    # WordPiece decodes "Black-brown" as "black - brown"; captions must read as the catalog writes them
+    _, tokenizer = create_model(_model_cfg("model.text.pretrained=true"))
+    ids, mask = tokenizer(["HEMNES Chest of 8 drawers, Black-brown", "IKEA 365+ Jar, 1.2 l"])
+    texts = [tokenizer.decode(row[: int(m.sum())].tolist()) for row, m in zip(ids, mask)]
+    assert texts == ["hemnes chest of 8 drawers, black-brown", "ikea 365 + jar, 1.2 l"]

@@ -1,6 +1,7 @@
 """Tokenizers from the libraries that own them: Hugging Face for hf towers, open_clip's BPE for its towers."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,12 @@ import torch
 from ..config import ConfigError
 from .registry import unavailable
 from .text_tower import OFFLINE_HINT, TEXT_TOWERS
+
+# WordPiece splits "Black-brown" and "1.2" around the punctuation and decodes them as "black - brown"
+# and "1. 2"; catalog text hyphenates words (401 IKEA captions), never spaces a dash between two
+# words, and writes decimals whole, so both are rejoined.
+_SPLIT_HYPHEN = re.compile(r"(?<=\w) - (?=\w)")
+_SPLIT_DECIMAL = re.compile(r"(?<=\d)\. (?=\d)")
 
 
 class Tokenizer:
@@ -43,7 +50,8 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         if self.kind == "hf":
-            return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+            text = self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            return _SPLIT_DECIMAL.sub(".", _SPLIT_HYPHEN.sub("-", text)).strip()
         return self._tok.decode(ids).strip()
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
