@@ -56,7 +56,13 @@ def _assert_same(reference, other, rtol=1e-4, atol=1e-6):
         assert losses_b[key] == pytest.approx(losses_a[key], rel=rtol), key
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=rtol, atol=atol, msg=name)
+        # A gradient is a float32 sum over the batch, summed in another order by micro-batches: its
+        # round-off scales with the tensor's largest entries, not with each entry (with the packages
+        # of December 2026, one stem weight of 1,920, an entry under 0.02 beside entries of 2.0,
+        # differed by 2.9e-6). A lost or doubled micro-batch is off by a share of the whole
+        # gradient, far above this.
+        scale_atol = max(atol, rtol / 10 * float(grads_a[name].abs().max()))
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=rtol, atol=scale_atol, msg=name)
 
 
 @pytest.mark.parametrize("accum_steps", [2, 4])
