@@ -38,7 +38,8 @@ def main() -> None:
         chunk = list(zip(picks, captions))[start : start + args.per_row]
         hits = [(item.image, f"gen: {caption} | cat: {item.caption}", False) for item, caption in chunk]
         rows.append((f"test products {start + 1}-{start + len(chunk)}", hits))
-    print(f"grid: {result_grid(rows, Path(args.out), thumb=160)}")
+    # two texts under each photo: room for both in full
+    print(f"grid: {result_grid(rows, Path(args.out), thumb=160, label_lines=7)}")
 
 
 if __name__ == "__main__":

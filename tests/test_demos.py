@@ -63,3 +63,22 @@ def test_caption_demo_without_a_decoder_is_one_clear_line(no_decoder, tiny_catal
 def test_room_demo_on_a_missing_index_is_one_clear_line(tmp_path):
     result = run_demo("search_rooms.py", "--index", str(tmp_path / "nowhere"))
     _one_error_line(result, "search_rooms.py", "no index at")
+
+
+def test_grid_labels_run_to_the_lines_asked_for(tmp_path):
+    # the caption demo shows the generated and the catalog text under each photo: both must be
+    # drawn in full, not cut after the three lines a search label needs
+    from PIL import Image
+
+    from vislang.viz import result_grid
+
+    label = "gen: hemnes chest of 8 drawers, black-brown | cat: HEMNES Chest of 8 drawers, White stain, light brown"
+    inked_below_third_line = []
+    for lines in (3, 7):
+        out = result_grid([("query", [(tmp_path / "missing.jpg", label, False)])], tmp_path / f"grid{lines}.png",
+                          thumb=140, label_lines=lines)
+        image = Image.open(out).convert("L")
+        x0, y0 = 220, 6 + 140 + 2 + 13 * 3  # left of the hit, below its label's third line
+        below = image.crop((x0, y0, x0 + 140, image.height))
+        inked_below_third_line.append(below.height > 0 and min(below.getdata()) < 128)
+    assert inked_below_third_line == [False, True]

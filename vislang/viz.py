@@ -24,10 +24,12 @@ def _thumbnail(path: Path, size: int) -> Image.Image:
     return tile
 
 
-def result_grid(rows: Sequence[tuple[str, Sequence[Hit]]], out: Path, thumb: int = 140) -> Path:
-    """Write a PNG: each row starts with the query text, then the hits, green-framed when correct."""
+def result_grid(rows: Sequence[tuple[str, Sequence[Hit]]], out: Path, thumb: int = 140, label_lines: int = 3) -> Path:
+    """Write a PNG: each row starts with the query text, then the hits, green-framed when correct;
+    each hit's label is wrapped to the thumbnail's width and shown up to `label_lines` lines."""
     font = ImageFont.load_default()
-    label_h, query_w, pad = 40, 220, 6
+    label_h, query_w, pad = 13 * label_lines + 1, 220, 6
+    label_chars = 24 * thumb // 140  # the default font's characters across a thumbnail
     cols = max((len(hits) for _, hits in rows), default=0)
     width = query_w + cols * (thumb + pad) + pad
     height = len(rows) * (thumb + label_h + pad) + pad
@@ -41,7 +43,7 @@ def result_grid(rows: Sequence[tuple[str, Sequence[Hit]]], out: Path, thumb: int
             canvas.paste(_thumbnail(path, thumb), (x, y))
             if correct:
                 draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], outline=(0, 170, 0), width=4)
-            draw.multiline_text((x, y + thumb + 2), "\n".join(textwrap.wrap(label, 24)[:3]), fill=(60, 60, 60), font=font)
+            draw.multiline_text((x, y + thumb + 2), "\n".join(textwrap.wrap(label, label_chars)[:label_lines]), fill=(60, 60, 60), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
