@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
             "pretrained": False,
             "image_size": 96,
             "color_bins": 0,  # >0: a soft RGB histogram with bins**3 cells joins the pooled features
+            # Fine-tuning switches as open_clip has them (--lock-image, --lock-image-unlocked-groups,
+            # --lock-image-freeze-bn-stats): freeze all but the last `unlocked_groups` of timm's
+            # parameter groups (stem, each block, head), and the frozen groups' BatchNorm statistics.
+            "lock": False,
+            "unlocked_groups": 0,
+            "freeze_bn_stats": False,
             "kwargs": {},
         },
         "text": {
@@ -77,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 10,
         "max_minutes": None,  # stop (and checkpoint) when the wall clock passes this
         "lr": 1e-3,
+        "body_lr_ratio": 1.0,  # the image tower's learning rate is lr x this (a pretrained body wants less)
         "min_lr_ratio": 0.02,
         "weight_decay": 0.05,
         "warmup_steps": 50,
@@ -93,6 +100,10 @@ DEFAULTS: dict[str, Any] = {
         # (train/heads_phase.py), for `steps`, capped by `minutes`, which the main loop leaves them
         # out of max_minutes; `views`: whole image + random crops cached per training image
         "heads_phase": {"steps": 0, "minutes": None, "views": 4, "warmup_steps": 50},
+        # > 0: the image tower's locked part (model.image.lock with freeze_bn_stats) runs once on
+        # this many views of every training image (the whole image, then random crops) before the
+        # first step, and each step draws one cached view per image (train/locked_views.py)
+        "locked_views": 0,
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end
@@ -125,7 +136,7 @@ _AT_LEAST_1 = (
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
 )
 _AT_LEAST_0 = (
-    "model.image.color_bins", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
+    "model.image.color_bins", "model.image.unlocked_groups", "train.locked_views", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
     "model.hubness.bank_size", "model.room_vote.weight", "model.lookalike_texts.weight",
     "model.room_category.weight",
     "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
@@ -135,7 +146,7 @@ _AT_LEAST_0 = (
 )
 _ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "model.lookalike_texts.temperature",
             "model.room_category.photo_temperature", "model.room_category.text_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
-_FRACTION = ("data.caption_prob", "train.min_lr_ratio")
+_FRACTION = ("data.caption_prob", "train.min_lr_ratio", "train.body_lr_ratio")
 # (check, what the message says a value must be)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{key: (lambda v: v >= 1, ">= 1") for key in _AT_LEAST_1},

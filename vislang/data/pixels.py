@@ -9,7 +9,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -233,3 +233,17 @@ def augment(
             crop = crop.flip(-1)
         crops.append(crop)
     return normalize(torch.stack(crops))
+
+
+def view_batches(bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict, seed: int,
+                 batch: int = 256, desc: str = "embedding training images") -> Iterator[tuple[int, torch.Tensor]]:
+    """(view, pixels of the next `batch` bank images) over every view of every bank image: view 0
+    whole (as inference sees it), the others random training crops, each view seeded on its own."""
+    for view in tqdm(range(views), desc=desc, unit="view"):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (view + 1))
+        for start in range(0, len(bank), batch):
+            rows = range(start, min(start + batch, len(bank)))
+            if view == 0:
+                yield view, resized(bank, slice(rows.start, rows.stop), image_size)
+            else:
+                yield view, augment(bank, list(rows), image_size, augment_cfg["scale"], augment_cfg["flip"], generator)

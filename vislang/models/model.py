@@ -37,6 +37,8 @@ class VisLangModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.image_tower = create_image_tower(cfg["image"])
+        if cfg["image"]["lock"]:
+            self.image_tower.lock(cfg["image"]["unlocked_groups"], cfg["image"]["freeze_bn_stats"])
         self.text_tower = create_text_tower(cfg["text"])
         bins = cfg["image"]["color_bins"]
         self.color = ColorHistogram(bins) if bins else None
@@ -88,9 +90,13 @@ class VisLangModel(nn.Module):
         if not self.text_frozen:
             self.text_tower.set_grad_checkpointing(enable)
 
-    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image tokens [B, N, C] for the matching head and decoder, embedding [B, D] for contrast)."""
-        tokens, pooled = self.image_tower(pixels)
+    def image_features(self, pixels: torch.Tensor, locked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image tokens [B, N, C] for the matching head and decoder, embedding [B, D] for contrast).
+
+        `locked`: `pixels` are the output of the image tower's locked part (`locked_features`)."""
+        if locked and self.color is not None:
+            raise ConfigError("model.image.color_bins reads pixels, which train.locked_views does not keep: set one to 0")
+        tokens, pooled = self.image_tower(locked=pixels) if locked else self.image_tower(pixels)
         if self.color is not None:
             pooled = torch.cat([pooled, self.color(pixels).to(pooled.dtype)], dim=-1)
         return tokens, F.normalize(self.image_proj(pooled), dim=-1)
@@ -131,7 +137,12 @@ class VisLangModel(nn.Module):
         owned = {id(p) for m in heads.values() if m is not None for p in m.parameters()}
         parts = {name: [p for p in m.parameters() if p.requires_grad] for name, m in heads.items() if m is not None}
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
+        # (the image tower's own, which train.body_lr_ratio slows, are `image_body_parameters`)
         return {name: params for name, params in parts.items() if params}
+
+    def image_body_parameters(self) -> list[nn.Parameter]:
+        """The image tower's trainable parameters (not its projection): what train.body_lr_ratio slows."""
+        return [p for p in self.image_tower.parameters() if p.requires_grad]
 
     def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor, copy_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids), given its memory."""

@@ -20,11 +20,12 @@ import torch
 from tqdm import tqdm
 
 from ..data.pairs import PairSampler
-from ..data.pixels import augment, resized
+from ..data.pixels import view_batches
 from ..models import VisLangModel
 from .distributed import Ranks
 from .schedule import lr_at
-from .step import Features, TextCache, encode_text_rows, head_losses, loss_weights, make_optimizer, optimizer_step
+from .step import (Features, TextCache, encode_text_rows, head_losses, loss_weights, make_optimizer, optimizer_step,
+                   set_lr)
 
 
 @dataclass
@@ -40,22 +41,13 @@ def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views:
                 seed: int, device, memory_format: torch.memory_format) -> ImageViews:
     """Every bank image through the image tower in eval mode: view 0 whole, the others random training crops."""
     model.eval()
-    tokens, emb = [], []
-    for view in tqdm(range(views), desc="embedding training images", unit="view"):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (view + 1))
-        view_tokens, view_emb = [], []
-        for start in range(0, len(bank), 256):
-            rows = range(start, min(start + 256, len(bank)))
-            if view == 0:
-                pixels = resized(bank, slice(rows.start, rows.stop), image_size)
-            else:
-                pixels = augment(bank, list(rows), image_size, augment_cfg["scale"], augment_cfg["flip"], generator)
-            t, e = model.image_features(pixels.to(device, memory_format=memory_format))
-            view_tokens.append(t.float())
-            view_emb.append(e.float())
-        tokens.append(torch.cat(view_tokens))
-        emb.append(torch.cat(view_emb))
-    return ImageViews(torch.stack(tokens), torch.stack(emb))
+    tokens: list[list[torch.Tensor]] = [[] for _ in range(views)]
+    emb: list[list[torch.Tensor]] = [[] for _ in range(views)]
+    for view, pixels in view_batches(bank, image_size, views, augment_cfg, seed):
+        t, e = model.image_features(pixels.to(device, memory_format=memory_format))
+        tokens[view].append(t.float())
+        emb[view].append(e.float())
+    return ImageViews(torch.stack([torch.cat(t) for t in tokens]), torch.stack([torch.cat(e) for e in emb]))
 
 
 def remember_whole_images(model: VisLangModel, views: ImageViews) -> None:
@@ -98,8 +90,7 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
     while progress() < 1.0:
         for batch in sampler.epoch(10_000 + epoch):  # other epochs' orders than the main loop's
             lr = lr_at(step, progress(), tcfg["lr"], phase["warmup_steps"], tcfg["min_lr_ratio"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + first_step + step)
             items = torch.tensor(batch.items)
             view = torch.randint(phase["views"], (len(items),), generator=generator)

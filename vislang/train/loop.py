@@ -30,10 +30,11 @@ from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
 from .heads_phase import ImageViews, embed_views, remember_whole_images, train_heads
+from .locked_views import check_locked_views, compute_locked_views, draw_views
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
-                   optimizer_step, speed_up, text_feature_cache, TrainingDiverged)
+                   optimizer_step, set_lr, speed_up, text_feature_cache, TrainingDiverged)
 
 CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
 
@@ -84,6 +85,9 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     check_accumulation(model, tcfg, local_rows.stop - local_rows.start)
     model.to(device)
     memory_format = speed_up(model, tcfg)
+    check_locked_views(model, tcfg["locked_views"])
+    locked = compute_locked_views(model, bank, image_size, tcfg["locked_views"], dcfg["augment"], config["seed"], device) \
+        if tcfg["locked_views"] else None
     optimizer = make_optimizer(model, tcfg)
     text_cache = None
     if model.text_frozen:
@@ -137,15 +141,17 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                     continue
                 tick = time.time()
                 lr = lr_at(step, progress(), tcfg["lr"], tcfg["warmup_steps"], tcfg["min_lr_ratio"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_lr(optimizer, lr)
                 generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
                 # Every rank crops the whole batch with the same generator (the same crops as one
                 # process) and keeps its rows; the later draws stay in step across ranks too.
-                pixels = augment(bank, batch.items, image_size, dcfg["augment"]["scale"], dcfg["augment"]["flip"], generator)
+                if locked is None:
+                    pixels = augment(bank, batch.items, image_size, dcfg["augment"]["scale"], dcfg["augment"]["flip"], generator)
+                else:  # the locked part's output for one cached view of each image
+                    pixels = draw_views(locked, batch.items, generator)
                 pixels = pixels[local_rows].to(device, non_blocking=True, memory_format=memory_format)
                 losses = forward_backward(model, tokenizer, pixels, batch, text_cache, captions, caption_weight, tcfg,
-                                          generator, ranks, autocast, heads=not heads_phase)
+                                          generator, ranks, autocast, heads=not heads_phase, locked=locked is not None)
                 loss = sum(weights[name] * value for name, value in losses.items())
                 grad_norm = optimizer_step(model, optimizer, tcfg["grad_clip"], ranks)
                 step += 1

@@ -123,9 +123,10 @@ def encode_text_rows(model: VisLangModel, tokenizer, texts: list[str], text_cach
     return text_tokens, text_mask, model.project_text(text_pooled, ids, id_mask).float()
 
 
-def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: list[str], text_cache: TextCache | None) -> Features:
-    """Both towers on some rows."""
-    image_tokens, image_emb = model.image_features(pixels)
+def encode_rows(model: VisLangModel, tokenizer, pixels: torch.Tensor, texts: list[str], text_cache: TextCache | None,
+                locked: bool = False) -> Features:
+    """Both towers on some rows (`locked`: `pixels` are the image tower's cached locked part)."""
+    image_tokens, image_emb = model.image_features(pixels, locked)
     return Features(image_tokens, image_emb.float(), *encode_text_rows(model, tokenizer, texts, text_cache, pixels.device))
 
 
@@ -195,13 +196,13 @@ def check_accumulation(model: VisLangModel, tcfg: dict[str, Any], rows: int) -> 
 def forward_backward(
     model: VisLangModel, tokenizer, pixels: torch.Tensor, batch, text_cache: TextCache | None, captions: list[str],
     caption_weight: torch.Tensor, tcfg: dict[str, Any], generator: torch.Generator, ranks: Ranks,
-    autocast: contextlib.AbstractContextManager | None = None, heads: bool = True,
+    autocast: contextlib.AbstractContextManager | None = None, heads: bool = True, locked: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every objective's loss on one global batch, with their weighted sum's gradients accumulated.
 
     `heads=False` leaves the matching head and the decoder out (they train in a phase of their own).
 
-    `pixels` are this rank's rows of the batch. The towers see those rows; embeddings (and the
+    `pixels` are this rank's rows of the batch (with `locked`, the image tower's locked part's output). The towers see those rows; embeddings (and the
     heads' token sequences) are gathered so the contrastive loss and the hard negatives span the
     whole global batch. Returns the losses, detached.
     """
@@ -215,7 +216,7 @@ def forward_backward(
 
     if micro == 1:
         with autocast:
-            features = encode_rows(model, tokenizer, pixels, texts, text_cache)
+            features = encode_rows(model, tokenizer, pixels, texts, text_cache, locked)
             image_emb, text_emb = ranks.gather(features.image_emb, features.text_emb)
             losses = contrastive_losses(image_emb, text_emb, batch, tcfg, model.logit_scale)
             if heads:
@@ -229,10 +230,10 @@ def forward_backward(
     chunks = [slice(j * size, (j + 1) * size) for j in range(micro)]
     text_length = model.cfg["text"]["max_length"]
     with torch.no_grad(), autocast:
-        cached = [encode_rows(model, tokenizer, pixels[c], texts[c], text_cache) for c in chunks]
+        cached = [encode_rows(model, tokenizer, pixels[c], texts[c], text_cache, locked) for c in chunks]
     for j, chunk in enumerate(chunks):
         with autocast:
-            fresh = encode_rows(model, tokenizer, pixels[chunk], texts[chunk], text_cache)
+            fresh = encode_rows(model, tokenizer, pixels[chunk], texts[chunk], text_cache, locked)
             image_emb, text_emb = ranks.gather(torch.cat([fresh.image_emb if i == j else c.image_emb for i, c in enumerate(cached)]),
                                                torch.cat([fresh.text_emb if i == j else c.text_emb for i, c in enumerate(cached)]))
             # every micro-batch sees the full loss; its temperature gradient must count once
@@ -245,17 +246,28 @@ def forward_backward(
     return {name: value.detach() for name, value in losses.items()}
 
 
-def make_optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP).
+def make_optimizer(model: VisLangModel, tcfg: dict[str, Any]) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP), and the image
+    tower's body at `train.body_lr_ratio` of the learning rate (`set_lr` applies it).
 
     `train.fused_optimizer` updates every tensor in one kernel per step (CPU and CUDA).
     """
-    decay, no_decay = [], []
+    body = {id(p) for p in model.image_body_parameters()}
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": tcfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tcfg["lr"], betas=(0.9, 0.98), fused=bool(tcfg["fused_optimizer"]))
+            decays = not (param.ndim < 2 or "logit_scale" in name)
+            groups.setdefault((id(param) in body, decays), []).append(param)
+    param_groups = [{"params": params, "weight_decay": tcfg["weight_decay"] if decays else 0.0,
+                     "lr_ratio": tcfg["body_lr_ratio"] if in_body else 1.0}
+                    for (in_body, decays), params in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=tcfg["lr"], betas=(0.9, 0.98), fused=bool(tcfg["fused_optimizer"]))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """This step's learning rate, times each group's ratio (the image body's `train.body_lr_ratio`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_ratio"]
 
 
 def speed_up(model: VisLangModel, tcfg: dict[str, Any]) -> torch.memory_format:
