@@ -3,7 +3,8 @@ import pytest
 
 from vislang.data.catalog import Catalog, Item
 from vislang.eval import chance_levels, evaluate
-from vislang.eval.retrieval import coverage_at_k, recall_at_k, room_category_scores
+from vislang.eval.retrieval import (ZERO_SHOT_PARAPHRASES, coverage_at_k, coverage_per_query, evaluate_with_intervals,
+                                    metric_means, per_query_scores, recall_at_k, recall_hits, room_category_scores)
 from vislang.eval.retrieval import lookalike_texts as retrieval_lookalikes
 from vislang.models.lookalike import lookalike_texts
 from vislang.models.room_category import category_probabilities
@@ -15,18 +16,29 @@ def test_recall_at_k_hand_case():
     truth = [{0}, {1}, {2}]  # hit at 1; hit at 2; miss at both
     assert recall_at_k(scores, truth, (1, 2)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
     assert recall_at_k(scores, [{0}, {1}, {1, 2}], (2,)) == {2: 1.0}  # any true item counts
+    hits = recall_hits(scores, truth, (1, 2))  # the per-query vectors whose means are the above
+    np.testing.assert_array_equal(hits[1], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(hits[2], [1.0, 1.0, 0.0])
 
 
 def test_coverage_at_k_hand_case():
     scores = np.array([[0.9, 0.8, 0.1, 0.0]])
     assert coverage_at_k(scores, [{0, 2}], 2) == pytest.approx(0.5)
+    np.testing.assert_allclose(coverage_per_query(np.vstack([scores, scores]), [{0, 2}, {0, 1}], 2), [0.5, 1.0])
+
+
+def _paraphrase_prompt(category):
+    return f"a photo of {ZERO_SHOT_PARAPHRASES[category.lower()]}"
 
 
 class OracleEncoder:
     """Embeds an image and a text to the same one-hot vector when they belong together."""
 
-    def __init__(self, catalog):
-        self.keys = sorted({item.caption for item in catalog} | {"a photo of a bedroom", "a photo of a kitchen"})
+    def __init__(self, catalog, paraphrased=True):
+        self.paraphrased = paraphrased
+        categories = ("Bedroom", "Kitchen")
+        self.keys = sorted({item.caption for item in catalog} | {f"a photo of a {c.lower()}" for c in categories}
+                           | {_paraphrase_prompt(c) for c in categories})
         self.by_image = {item.image: item for item in catalog}
 
     def _onehot(self, key):
@@ -39,28 +51,73 @@ class OracleEncoder:
         for path in items:
             item = self.by_image[path]
             v = self._onehot(item.caption)
-            if item.kind == "room":  # a room photo looks like its title and its category
+            if item.kind == "room":  # a room photo looks like its title and its category, named or paraphrased
                 v = v + self._onehot(f"a photo of a {item.meta['category'].lower()}")
+                if self.paraphrased:
+                    v = v + self._onehot(_paraphrase_prompt(item.meta["category"]))
             out.append(v / np.linalg.norm(v))
         return np.stack(out)
 
     def encode_texts(self, texts, batch_size=256):
-        return np.stack([self._onehot(t) for t in texts])
+        return np.stack([self._onehot(t) if t in self.keys else np.zeros(len(self.keys), np.float32) for t in texts])
 
 
-def test_evaluate_scores_a_perfect_encoder_perfectly(tmp_path):
+def _oracle_catalog(tmp_path, extra=()):
     items = [Item(f"p{i}", "product", tmp_path / f"p{i}.jpg", (f"P{i} Chair, Red",), "test") for i in range(4)]
     items.append(Item("p4", "product", tmp_path / "p4.jpg", ("P0 Chair, Red",), "test"))  # duplicate caption
     items.append(Item("r1", "room", tmp_path / "r1.jpg", ("a red room",), "test", ("p0",), {"category": "Bedroom"}))
     items.append(Item("r2", "room", tmp_path / "r2.jpg", ("a kitchen",), "test", ("p1",), {"category": "Kitchen"}))
-    catalog = Catalog(items, tmp_path)
+    return Catalog(items + list(extra), tmp_path)
+
+
+def test_evaluate_scores_a_perfect_encoder_perfectly(tmp_path):
+    catalog = _oracle_catalog(tmp_path)
     metrics = evaluate(OracleEncoder(catalog), catalog, "test")
     assert metrics["product_text2image_r1"] == 1.0
     assert metrics["product_image2text_r1"] == 1.0
     assert metrics["room_title2image_r1"] == 1.0
+    assert metrics["room_category_acc"] == 1.0
     assert metrics["room_category_zeroshot_acc"] == 1.0
     assert metrics["room2products_r50"] == 1.0  # 5 products: every one is in the top 50
     assert chance_levels(catalog, "test")["room_title2image_r5"] == 1.0  # 5 picks out of 2 rooms
+    # a perfect ranking: every query a hit, so every interval is the degenerate [1, 1]
+    values, intervals = evaluate_with_intervals(OracleEncoder(catalog), catalog, "test")
+    assert values == metrics and intervals == {name: (1.0, 1.0) for name in metrics}
+
+
+def test_the_metrics_are_the_means_of_the_per_query_scores(tmp_path):
+    catalog = _oracle_catalog(tmp_path)
+    encoder = OracleEncoder(catalog)
+    encoder.encode_images = lambda items, batch_size=64: np.eye(len(encoder.keys), dtype=np.float32)[[  # a poor encoder
+        (3 * i) % len(encoder.keys) for i in range(len(items))]]
+    scores = per_query_scores(encoder, catalog, "test")
+    assert {len(v) for k, v in scores.items() if k.startswith("product_")} == {5}  # one score a product query
+    assert {len(v) for k, v in scores.items() if k.startswith("room")} == {2}  # one a room
+    metrics = evaluate(encoder, catalog, "test")
+    assert metrics == metric_means(scores) and min(metrics.values()) < 1  # not the perfect case above
+
+
+def test_room_category_zeroshot_acc_only_when_no_training_text_holds_a_paraphrase(tmp_path):
+    bed = ZERO_SHOT_PARAPHRASES["bedroom"]
+    leaky = Item("t1", "room", tmp_path / "t1.jpg", ("a room", f"Sleep well: {bed.upper()}"), "train", (), {"category": "Bedroom"})
+    catalog = _oracle_catalog(tmp_path, [leaky])
+    metrics = evaluate(OracleEncoder(catalog), catalog, "test")
+    assert "room_category_zeroshot_acc" not in metrics and metrics["room_category_acc"] == 1.0
+    # the same text in a test item is no training text: the figure is zero-shot again
+    catalog = _oracle_catalog(tmp_path, [Item("t1", "room", tmp_path / "t1.jpg", leaky.texts, "test", (), {"category": "Bedroom"})])
+    assert "room_category_zeroshot_acc" in evaluate(OracleEncoder(catalog), catalog, "test")
+    # a category without a paraphrase: no zero-shot figure either
+    garage = Item("g", "room", tmp_path / "g.jpg", ("a garage",), "train", (), {"category": "Garage"})
+    catalog = _oracle_catalog(tmp_path, [garage])
+    assert "room_category_zeroshot_acc" not in evaluate(OracleEncoder(catalog), catalog, "test")
+
+
+def test_room_category_zeroshot_acc_reads_the_paraphrases_not_the_category_names(tmp_path):
+    catalog = _oracle_catalog(tmp_path)
+    encoder = OracleEncoder(catalog, paraphrased=False)  # room photos look like their category's name only
+    metrics = evaluate(encoder, catalog, "test")
+    assert metrics["room_category_acc"] == 1.0
+    assert metrics["room_category_zeroshot_acc"] == 0.5  # every paraphrase prompt ties: both rooms read as the first category
 
 
 class _CaptionOnlyLinkEncoder:

@@ -78,18 +78,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..api import load
-    from ..eval.report import evaluate_model, format_report
+    from ..eval.report import evaluate_model_with_intervals, format_report
 
     model = load(args.checkpoint, device=args.device)
     catalog = _catalog_for(model, args.data)
     if not catalog.select(args.split):
         splits = sorted({item.split for item in catalog})
         raise CliError(f"the catalog at {catalog.root.resolve()} has no {args.split} items to evaluate (it has {', '.join(splits)}); choose --split")
-    metrics = evaluate_model(model, catalog, args.split)
-    if args.json:
-        print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics}))
+    metrics, intervals = evaluate_model_with_intervals(model, catalog, args.split)
+    if args.json:  # each metric at the top level, as before; "ci95": its 95% bootstrap interval [low, high]
+        ci95 = {name: [low, high] for name, (low, high) in intervals.items()}
+        print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics, "ci95": ci95}))
     else:
-        print(f"{model.checkpoint} on {args.split}:\n{format_report(metrics, catalog, args.split)}")
+        print(f"{model.checkpoint} on {args.split}:\n{format_report(metrics, catalog, args.split, intervals)}")
     return 0
 
 

@@ -1,10 +1,15 @@
 """Everything `vislang eval` reports for a trained model, and its text table."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..data.catalog import Catalog
+from .bootstrap import bootstrap_intervals
 from .captioning import evaluate_captions
 from .reranking import evaluate_reranking
-from .retrieval import EmbeddingCache, chance_levels, evaluate
+from .retrieval import EmbeddingCache, chance_levels, metric_means, per_query_scores
+
+Interval = tuple[float, float]
 
 
 def evaluate_model(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
@@ -12,18 +17,41 @@ def evaluate_model(model, catalog: Catalog, split: str = "test", cache: Embeddin
 
     All of them share one embedding cache, so each image and each caption is encoded once.
     """
+    return _evaluate_model(model, catalog, split, cache)[0]
+
+
+def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
+                                  ) -> tuple[dict[str, float], dict[str, Interval]]:
+    """`evaluate_model`'s metrics, and the 95% bootstrap interval over the queries of each retrieval
+    metric (eval/bootstrap.py); the heads' caption and re-ranking scores have none yet."""
+    metrics, scores = _evaluate_model(model, catalog, split, cache)
+    return metrics, bootstrap_intervals(scores)
+
+
+def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache | None
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The metrics, and the per-query scores of those that are means over queries."""
     cache = {} if cache is None else cache
-    metrics = evaluate(model, catalog, split, cache)
+    scores = per_query_scores(model, catalog, split, cache)
+    metrics = metric_means(scores)
     if model.model.decoder is not None and catalog.select(split, "product"):
         metrics.update(evaluate_captions(model, catalog, split, cache=cache)[0])
     if model.model.matching is not None and catalog.select(split, "product"):
         metrics.update(evaluate_reranking(model, catalog, split, cache=cache))
-    return metrics
+    return metrics, scores
 
 
-def format_report(metrics: dict[str, float], catalog: Catalog, split: str) -> str:
+def format_report(metrics: dict[str, float], catalog: Catalog, split: str, intervals: dict[str, Interval] | None = None) -> str:
+    """One line a metric: its value, its 95% interval when `intervals` has one ("0.488 [0.436, 0.541]"),
+    and its chance level when it has one."""
     chance = chance_levels(catalog, split)
+    intervals = intervals or {}
+    blank = " " * len(" [0.000, 0.000]") if intervals else ""
+
+    def interval(key: str) -> str:
+        return f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else blank
+
     return "\n".join(
-        f"  {key:36s} {value:.3f}" + (f"   (chance {chance[key]:.3f})" if key in chance else "")
+        f"  {key:36s} {value:.3f}{interval(key)}" + (f"   (chance {chance[key]:.3f})" if key in chance else "")
         for key, value in metrics.items()
     )

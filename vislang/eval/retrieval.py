@@ -7,7 +7,12 @@ image (models/lookalike.py); room title -> image, for an encoder with `room_cate
 chance that title and photo name the same kind of room (models/room_category.py). Room photo ->
 products searches every product and scores the share of the room's listed products found in the
 top K, each product scored by its photo and its catalog caption, and by the votes of the training
-rooms like the photo.
+rooms like the photo. Room photos are also classified by kind of room, against prompts named after
+the categories (`room_category_acc`) and against paraphrases no training text contains
+(`room_category_zeroshot_acc`, the zero-shot figure).
+
+Every metric is the mean over queries of a per-query score (`per_query_scores`), whose 95%
+bootstrap interval `evaluate_with_intervals` gives (eval/bootstrap.py).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from ..data.catalog import Catalog, Item
 from ..models.hubness import PLAIN_COSINE_KINDS
 from ..models.room_category import ROOM_KIND
+from .bootstrap import bootstrap_intervals
 
 
 class Encoder(Protocol):
@@ -27,20 +33,26 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray: ...
 
 
+def recall_hits(scores: np.ndarray, truth: list[set[int]], ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per query [Q], 1.0 when at least one of its true items is in its top k, else 0.0; the mean is R@k."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return {k: np.array([float(bool(truth[q] & set(order[q, :k].tolist()))) for q in range(len(truth))]) for k in ks}
+
+
 def recall_at_k(scores: np.ndarray, truth: list[set[int]], ks: Sequence[int]) -> dict[int, float]:
     """The usual R@k: the share of queries with at least one true item in their top k."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    out = {}
-    for k in ks:
-        top = order[:, :k]
-        out[k] = float(np.mean([bool(truth[q] & set(top[q].tolist())) for q in range(len(truth))]))
-    return out
+    return {k: float(np.mean(hits)) for k, hits in recall_hits(scores, truth, ks).items()}
+
+
+def coverage_per_query(scores: np.ndarray, truth: list[set[int]], k: int) -> np.ndarray:
+    """Per query [Q], the share of its true items that are in its top k."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.array([len(truth[q] & set(order[q].tolist())) / len(truth[q]) for q in range(len(truth))])
 
 
 def coverage_at_k(scores: np.ndarray, truth: list[set[int]], k: int) -> float:
     """Mean over queries of the share of the query's true items that are in its top k."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean([len(truth[q] & set(order[q].tolist())) / len(truth[q]) for q in range(len(truth))]))
+    return float(np.mean(coverage_per_query(scores, truth, k)))
 
 
 def _same_caption_truth(items: list[Item]) -> list[set[int]]:
@@ -92,7 +104,27 @@ def _cached(encode, keys: list, cache: EmbeddingCache) -> np.ndarray:
 
 def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
     """Every retrieval metric the project reports, on one split of a catalog."""
-    metrics: dict[str, float] = {}
+    return metric_means(per_query_scores(encoder, catalog, split, cache))
+
+
+def evaluate_with_intervals(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
+                            ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """`evaluate`'s metrics, and each one's 95% bootstrap interval over the queries (eval/bootstrap.py)."""
+    scores = per_query_scores(encoder, catalog, split, cache)
+    return metric_means(scores), bootstrap_intervals(scores)
+
+
+def metric_means(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """The metrics: the mean of each metric's per-query scores."""
+    return {name: float(np.mean(scores)) for name, scores in per_query.items()}
+
+
+def per_query_scores(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Every retrieval metric `evaluate` reports, as its per-query scores [Q] (their mean is the
+    metric): a 0/1 hit per query for R@k and the room categories, the share of the room's products
+    found for room photo -> products."""
+    metrics: dict[str, np.ndarray] = {}
     cache = {} if cache is None else cache
     products = catalog.select(split, "product") or catalog.select(split, "image")
     if products:
@@ -100,19 +132,19 @@ def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: Emb
         texts = text_embeddings(encoder, [item.caption for item in products], cache)
         truth = _same_caption_truth(products)
         borrowed = lookalike_texts(encoder, catalog, products, images, cache)
-        for k, value in recall_at_k(ranking_scores(encoder, texts, images, "image", lookalikes=borrowed), truth, (1, 5, 10)).items():
-            metrics[f"product_text2image_r{k}"] = value
-        for k, value in recall_at_k(ranking_scores(encoder, images, texts, "text", lookalikes=borrowed), truth, (1, 5, 10)).items():
-            metrics[f"product_image2text_r{k}"] = value
+        for k, hits in recall_hits(ranking_scores(encoder, texts, images, "image", lookalikes=borrowed), truth, (1, 5, 10)).items():
+            metrics[f"product_text2image_r{k}"] = hits
+        for k, hits in recall_hits(ranking_scores(encoder, images, texts, "text", lookalikes=borrowed), truth, (1, 5, 10)).items():
+            metrics[f"product_image2text_r{k}"] = hits
     rooms = catalog.select(split, "room")
     if rooms:
         room_images = image_embeddings(encoder, rooms, cache)
         titles = text_embeddings(encoder, [item.caption for item in rooms], cache)
         title2image = text_to_image_scores(encoder, catalog, titles, rooms, room_images, cache, text_items=rooms)
-        for k, value in recall_at_k(title2image, _same_caption_truth(rooms), (1, 5)).items():
-            metrics[f"room_title2image_r{k}"] = value
+        for k, hits in recall_hits(title2image, _same_caption_truth(rooms), (1, 5)).items():
+            metrics[f"room_title2image_r{k}"] = hits
         metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
-        metrics.update(_room_zero_shot(encoder, catalog, rooms, room_images))
+        metrics.update(_room_categories(encoder, catalog, rooms, room_images, cache))
     return metrics
 
 
@@ -173,8 +205,8 @@ def _themselves(items: list[Item], bank: list[Item]) -> np.ndarray:
     return mask
 
 
-def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, float]:
-    """Room photo -> products R@50 over every product of the catalog, each product scored as
+def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, np.ndarray]:
+    """Room photo -> products R@50 (per room) over every product of the catalog, each product scored as
     `room_product_scores` says; `room2products_embed_r50` leaves the votes out,
     `room2product_photos_r50` scores the photo alone."""
     gallery = catalog.select(None, "product")
@@ -187,9 +219,9 @@ def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, 
                                  room_images[[r for r, _ in with_truth]], cache)
     truth = [t for _, t in with_truth]
     embedded = scores["photos"] + scores["captions"]
-    return {"room2products_r50": coverage_at_k(embedded + scores["votes"], truth, 50),
-            "room2products_embed_r50": coverage_at_k(embedded, truth, 50),
-            "room2product_photos_r50": coverage_at_k(scores["photos"], truth, 50)}
+    return {"room2products_r50": coverage_per_query(embedded + scores["votes"], truth, 50),
+            "room2products_embed_r50": coverage_per_query(embedded, truth, 50),
+            "room2product_photos_r50": coverage_per_query(scores["photos"], truth, 50)}
 
 
 def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], room_images: np.ndarray,
@@ -216,14 +248,54 @@ def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], r
     return {"photos": photos, "captions": captions, "votes": np.zeros_like(photos) if votes is None else votes}
 
 
-def _room_zero_shot(encoder, catalog, rooms, room_images) -> dict[str, float]:
+# IKEA room category (lower case) -> a paraphrase for the zero-shot prompt "a photo of {paraphrase}".
+# Their distinctive words (slumber, lounge, galley, supper, toddler, playroom, backyard, patio,
+# paperwork, entrance, corridor, utility) appear in no training text of the IKEA catalog, whose room
+# sentences name the categories themselves ("a bedroom with bed, wardrobe"); `zero_shot_prompts`
+# checks each catalog at eval time.
+ZERO_SHOT_PARAPHRASES = {
+    "bedroom": "a place to slumber",
+    "living room": "a lounge",
+    "kitchen": "a galley",
+    "dining": "a place for supper",
+    "baby children room": "a toddler's playroom",
+    "outdoor": "a backyard patio",
+    "home office": "a place for paperwork",
+    "hallway": "an entrance corridor",
+    "laundry": "a utility room",
+}
+
+
+def zero_shot_prompts(catalog: Catalog, categories: Sequence[str]) -> list[str] | None:
+    """The paraphrase prompt of each category, or None when one has no paraphrase or when any
+    paraphrase occurs (case-insensitive) in a text of the catalog's training split: a figure read
+    with it would not be zero-shot."""
+    paraphrases = [ZERO_SHOT_PARAPHRASES.get(category.lower()) for category in categories]
+    if any(p is None for p in paraphrases):
+        return None
+    texts = [text.lower() for item in catalog.select("train") for text in item.texts]
+    if any(p.lower() in text for p in paraphrases for text in texts):
+        return None
+    return [f"a photo of {p}" for p in paraphrases]
+
+
+def _room_categories(encoder, catalog, rooms, room_images, cache) -> dict[str, np.ndarray]:
+    """Per room, 1.0 when its photo is nearest the prompt of its own category (of those of the
+    catalog's rooms): `room_category_acc` with "a photo of a {category}", whose words the training
+    recipe's room sentences contain ("a bedroom with bed, wardrobe"), and `room_category_zeroshot_acc` with
+    `zero_shot_prompts`, only when the catalog allows them."""
     categories = sorted({item.meta.get("category") for item in catalog.select(None, "room")} - {None, ""})
     if len(categories) < 2:
         return {}
-    prompts = encoder.encode_texts([f"a photo of a {c.lower()}" for c in categories])
-    predicted = np.argmax(room_images @ prompts.T, axis=1)
-    truth = [categories.index(room.meta["category"]) if room.meta.get("category") in categories else -1 for room in rooms]
-    return {"room_category_zeroshot_acc": float(np.mean(predicted == np.asarray(truth)))}
+    truth = np.asarray([categories.index(room.meta["category"]) if room.meta.get("category") in categories else -1
+                        for room in rooms])
+    out = {}
+    named = [f"a photo of a {c.lower()}" for c in categories]
+    for name, prompts in (("room_category_acc", named), ("room_category_zeroshot_acc", zero_shot_prompts(catalog, categories))):
+        if prompts is not None:
+            predicted = np.argmax(room_images @ text_embeddings(encoder, prompts, cache).T, axis=1)
+            out[name] = (predicted == truth).astype(np.float64)
+    return out
 
 
 def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
