@@ -74,6 +74,12 @@ def room_sentence(category: str, item_types: list[str], limit: int = 8) -> str:
     return f"{place} with {', '.join(unique)}" if unique else place
 
 
+def category_prompt(category: str) -> str:
+    """The prompt a room photo is classified with ("a photo of a kitchen"), which a room also trains on:
+    users search by kind of room, and `vislang eval`'s room_category_acc asks the same question."""
+    return f"a photo of a {category.lower()}"
+
+
 def _unique(texts: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
@@ -90,7 +96,7 @@ def _product_item(row: dict[str, Any], root: Path) -> Item:
 
 def _room_item(row: dict[str, Any], root: Path) -> Item:
     category, item_types = row.get("category") or "", list(row.get("item_types") or [])
-    texts = [row.get("title") or "", room_sentence(category, item_types)]
+    texts = [row.get("title") or "", room_sentence(category, item_types), category_prompt(category) if category else ""]
     meta = {"title": row.get("title"), "category": category, "item_types": item_types}
     links = tuple(str(p) for p in row.get("product_ids") or [])
     return Item(str(row["id"]), "room", root / row["image"], _unique(texts), row["split"], links, meta)

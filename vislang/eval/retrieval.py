@@ -21,7 +21,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..data.catalog import Catalog, Item
+from ..data.catalog import Catalog, Item, category_prompt
 from ..models.hubness import PLAIN_COSINE_KINDS
 from ..models.room_category import ROOM_KIND
 from .bootstrap import bootstrap_intervals
@@ -290,7 +290,7 @@ def _room_categories(encoder, catalog, rooms, room_images, cache) -> dict[str, n
     truth = np.asarray([categories.index(room.meta["category"]) if room.meta.get("category") in categories else -1
                         for room in rooms])
     out = {}
-    named = [f"a photo of a {c.lower()}" for c in categories]
+    named = [category_prompt(c) for c in categories]
     for name, prompts in (("room_category_acc", named), ("room_category_zeroshot_acc", zero_shot_prompts(catalog, categories))):
         if prompts is not None:
             predicted = np.argmax(room_images @ text_embeddings(encoder, prompts, cache).T, axis=1)
