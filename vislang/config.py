@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 10,
         "max_minutes": None,  # stop (and checkpoint) when the wall clock passes this
         "lr": 1e-3,
-        "body_lr_ratio": 1.0,  # the image tower's learning rate is lr x this (a pretrained body wants less)
+        "body_lr_ratio": 1.0,  # the towers' own learning rate is lr x this (pretrained bodies want less than new heads)
         "min_lr_ratio": 0.02,
         "weight_decay": 0.05,
         "warmup_steps": 50,

@@ -137,12 +137,13 @@ class VisLangModel(nn.Module):
         owned = {id(p) for m in heads.values() if m is not None for p in m.parameters()}
         parts = {name: [p for p in m.parameters() if p.requires_grad] for name, m in heads.items() if m is not None}
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
-        # (the image tower's own, which train.body_lr_ratio slows, are `image_body_parameters`)
+        # (the towers' pretrained bodies, which train.body_lr_ratio slows, are `body_parameters`)
         return {name: params for name, params in parts.items() if params}
 
-    def image_body_parameters(self) -> list[nn.Parameter]:
-        """The image tower's trainable parameters (not its projection): what train.body_lr_ratio slows."""
-        return [p for p in self.image_tower.parameters() if p.requires_grad]
+    def body_parameters(self) -> list[nn.Parameter]:
+        """The towers' own trainable parameters (not their projections or the heads): what
+        train.body_lr_ratio slows, as pretrained weights want a smaller step than new layers."""
+        return [p for tower in (self.image_tower, self.text_tower) for p in tower.parameters() if p.requires_grad]
 
     def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor, copy_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids), given its memory."""

@@ -247,12 +247,12 @@ def forward_backward(
 
 
 def make_optimizer(model: VisLangModel, tcfg: dict[str, Any]) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP), and the image
-    tower's body at `train.body_lr_ratio` of the learning rate (`set_lr` applies it).
+    """AdamW with no weight decay on biases, norms and the temperature (as in CLIP), and the
+    towers' bodies at `train.body_lr_ratio` of the learning rate (`set_lr` applies it).
 
     `train.fused_optimizer` updates every tensor in one kernel per step (CPU and CUDA).
     """
-    body = {id(p) for p in model.image_body_parameters()}
+    body = {id(p) for p in model.body_parameters()}
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -265,7 +265,7 @@ def make_optimizer(model: VisLangModel, tcfg: dict[str, Any]) -> torch.optim.Ada
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """This step's learning rate, times each group's ratio (the image body's `train.body_lr_ratio`)."""
+    """This step's learning rate, times each group's ratio (the towers' bodies' `train.body_lr_ratio`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_ratio"]
 
