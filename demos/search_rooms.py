@@ -3,6 +3,7 @@
     python demos/search_rooms.py --index runs/index          # an index from `vislang index build`
     python demos/search_rooms.py --model runs/cpu-final      # or index the catalog's rooms now
     python demos/search_rooms.py --index runs/index "a small hallway with hooks" --k 5
+    python demos/search_rooms.py --index runs/index --reranker   # plus the query-time re-ranker's terms
 
 Writes a grid (one row per query, its top rooms with title and score) and prints the top titles.
 """
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--data", help="catalog folder for --model (default: VISLANG_DATA, then ../shared/data/ikea)")
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--rerank", type=int, help="re-score the top N with the matching head (models trained with it)")
+    parser.add_argument("--reranker", action="store_true",
+                        help="re-score the top hits with the re-ranker (the indexed training rooms' titles and categories)")
     parser.add_argument("--out", default="runs/search_rooms.png")
     args = parser.parse_args()
 
@@ -45,7 +48,8 @@ def main() -> None:
     else:
         index = Index.build(vislang.load(args.model), read_catalog(find_data_dir(args.data)), kinds="rooms")
     rows = []
-    for query, hits in zip(args.queries, index.search(texts=args.queries, k=args.k, kind="room", rerank=args.rerank)):
+    for query, hits in zip(args.queries, index.search(texts=args.queries, k=args.k, kind="room", rerank=args.rerank,
+                                                      reranker=args.reranker)):
         print(f"{query!r}: " + " | ".join(hit.title for hit in hits[:3]))
         rows.append((query, [(Path(hit.image), f"{hit.title} ({hit.score:.2f})", False) for hit in hits]))
     print(f"grid: {result_grid(rows, Path(args.out))}")

@@ -1,12 +1,11 @@
 """Shop the room: the products a test room photo finds among every product of the catalog.
 
     python demos/shop_the_room.py --model runs/demo
-    python demos/shop_the_room.py --model runs/demo --rooms 4 --k 8 --no-votes   # the embeddings alone
+    python demos/shop_the_room.py --model runs/demo --rooms 4 --k 8
 
-Each row is a test room's photo, then its top products as `vislang eval` ranks them (photo and
-caption cosines, plus the votes of the training rooms that look like it, docs/DESIGN.md "Ranking:
-room photo -> products"); products the room really shows are framed green. Prints how many of
-each room's products the top k holds, with and without the votes.
+Each row is a test room's photo, then its top products as `vislang eval` ranks them (the room's
+cosine with the product's photo plus its cosine with the product's caption); products the room
+really shows are framed green. Prints how many of each room's products the top k holds.
 """
 from __future__ import annotations
 
@@ -34,7 +33,6 @@ def main() -> None:
     parser.add_argument("--data", help="catalog folder (default: VISLANG_DATA, then ../shared/data/ikea)")
     parser.add_argument("--rooms", type=at_least(1), default=6, help="test rooms to show (default: 6)")
     parser.add_argument("--k", type=at_least(1), default=6, help="products per room (default: 6)")
-    parser.add_argument("--no-votes", action="store_true", help="rank by the embeddings alone")
     parser.add_argument("--out", default="runs/shop_the_room.png")
     args = parser.parse_args()
 
@@ -45,16 +43,13 @@ def main() -> None:
     rooms = [room for room in catalog.select("test", "room") if products & set(room.links)][: args.rooms]
     if not rooms:
         raise CliError("the catalog has no test rooms that list its products")
-    scores = room_product_scores(model, catalog, rooms, model.encode_images([room.image for room in rooms]))
-    embedded = scores["photos"] + scores["captions"]
+    scores = room_product_scores(model, catalog, model.encode_images([room.image for room in rooms]))
+    ranked = scores["photos"] + scores["captions"]
     rows = []
     for r, room in enumerate(rooms):
         truth = set(room.links)
-        with_votes, without = _top(embedded[r] + scores["votes"][r], args.k), _top(embedded[r], args.k)
-        shown = without if args.no_votes else with_votes
-        found = {name: sum(gallery[i].id in truth for i in hits) for name, hits in (("with", with_votes), ("without", without))}
-        print(f"{room.caption!r}: {found['with']} of its {len(truth)} products in the top {args.k} with the votes, "
-              f"{found['without']} without")
+        shown = _top(ranked[r], args.k)
+        print(f"{room.caption!r}: {sum(gallery[i].id in truth for i in shown)} of its {len(truth)} products in the top {args.k}")
         hits = [(room.image, "the room", False)] + [(gallery[i].image, gallery[i].caption, gallery[i].id in truth) for i in shown]
         rows.append((room.caption, hits))
     print(f"grid: {result_grid(rows, Path(args.out))}")

@@ -138,8 +138,26 @@ def test_config_values_are_checked_for_type_and_range(override, message):
         load_config(None, [override])
 
 
+def test_removed_keys_are_dropped_from_saved_configs_and_refused_in_a_file(tmp_path):
+    from vislang.config import resolve
+
+    old = load_config(None)
+    old["model"].update(hubness={"weight": 0.25, "k": 10, "bank_size": 5}, room_vote={"weight": 1.0, "temperature": 0.1})
+    old["model"]["decoder"].update(neighbours=4, store_size=5, copy=True)
+    old["model"]["matching"]["neighbour_overlap"] = True
+    assert resolve(old) == load_config(None)  # a checkpoint's saved config still loads
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  hubness: {weight: 0.25}\n")
+    with pytest.raises(ConfigError, match="unknown config key: model.hubness"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown config key: model.room_category"):
+        load_config(None, ["model.room_category.weight=1.6"])
+    with pytest.raises(ConfigError, match="unknown config key: model.hubnes"):
+        resolve({"model": {"hubnes": {}}})
+
+
 def test_every_shipped_config_and_the_nullable_keys_pass_validation():
-    for name in ("tiny", "ikea-cpu", "ikea-gpu"):
+    for name in ("tiny", "ikea-cpu", "ikea-gpu", "linear-probe"):
         load_config(ROOT / "configs" / f"{name}.yaml")
     config = load_config(None, ["train.max_minutes=2.5", "train.threads=none", "data.path=null", "train.heads_phase.minutes=1"])
     assert config["train"]["max_minutes"] == 2.5 and config["train"]["threads"] is None

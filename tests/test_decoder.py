@@ -14,7 +14,7 @@ PAD, BOS, EOS = 0, 1, 2
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _decoder(seed: int = 0, max_length: int = 16, copy: bool = False) -> CaptionDecoder:
+def _decoder(seed: int = 0, max_length: int = 16) -> CaptionDecoder:
     """A random decoder that behaves like an arbitrary function of prefix and image.
 
     With the default init the tied embedding dominates the residual stream and the decoder
@@ -25,7 +25,6 @@ def _decoder(seed: int = 0, max_length: int = 16, copy: bool = False) -> Caption
     torch.manual_seed(seed)
     decoder = CaptionDecoder(
         VOCAB, IMAGE_WIDTH, width=32, layers=2, heads=4, max_length=max_length, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-        copy=copy,
     )
     with torch.no_grad():
         for name, p in decoder.named_parameters():
@@ -90,54 +89,6 @@ def test_cached_equals_uncached(num_beams):
     assert any(len(c) < 12 for c in cached) and any(len(c) == 12 for c in cached)
 
 
-def _copy_ids(batch: int, seed: int = 3) -> torch.Tensor:
-    """Ids the memory tokens stand for: the first two are image tokens (nothing to copy)."""
-    ids = torch.randint(3, VOCAB, (batch, N_TOKENS), generator=torch.Generator().manual_seed(seed))
-    ids[:, :2] = PAD
-    return ids
-
-
-def test_copy_mixes_the_memory_ids_into_a_distribution():
-    decoder, images, copy_ids = _decoder(copy=True), _images(3), _copy_ids(3)
-    ids = torch.randint(3, VOCAB, (3, 6), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        logp = decoder(ids, images, copy_ids)
-        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(3, 6, dtype=logp.dtype))
-        # nothing to copy: exactly the generator's distribution
-        plain = decoder(ids, images).log_softmax(-1)
-        torch.testing.assert_close(decoder(ids, images, torch.full_like(copy_ids, PAD)), plain)
-        # a gate shut on the generator leaves mass only on the copyable ids, none on image tokens' pad
-        decoder.pointer.gate.bias.fill_(-1e4)
-        mass = decoder(ids, images, copy_ids).exp()
-    for row in range(3):
-        allowed = set(copy_ids[row, 2:].tolist())
-        outside = [v for v in range(VOCAB) if v not in allowed]
-        assert mass[row][:, outside].max() < 1e-9 and mass[row][:, sorted(allowed)].sum(-1).min() > 1 - 1e-9
-
-
-def test_copy_continues_the_retrieved_caption_it_is_copying_and_never_copies_bos():
-    decoder, images = _decoder(copy=True), _images(1)
-    copy_ids = torch.tensor([[PAD, PAD, BOS, 7, 8]])  # image tokens, then one retrieved caption "BOS 7 8"
-    with torch.no_grad():
-        decoder.pointer.gate.bias.fill_(-1e4)  # copy only
-        decoder.pointer.continue_bonus.fill_(1e3)
-        after_seven = decoder(torch.tensor([[BOS, 7]]), images, copy_ids).exp()
-    assert after_seven[0, 0, 7] > 1 - 1e-6  # after BOS: the token that follows BOS in the caption
-    assert after_seven[0, 1, 8] > 1 - 1e-6  # after 7: the token that follows 7
-    assert after_seven[0, :, BOS].max() < 1e-9
-
-
-@pytest.mark.parametrize("num_beams", [1, 3])
-def test_copying_decoder_cached_equals_uncached_and_beam_one_is_greedy(num_beams):
-    decoder, images, copy_ids = _decoder(copy=True), _images(5), _copy_ids(5)
-    cached = generate(decoder, images, copy_ids, max_length=12, num_beams=num_beams, use_cache=True)
-    assert cached == generate(decoder, images, copy_ids, max_length=12, num_beams=num_beams, use_cache=False)
-    assert cached != generate(decoder, images, max_length=12, num_beams=num_beams)  # the copy ids are used
-    if num_beams == 1:
-        with torch.no_grad():
-            assert _beam_search(decoder, images, copy_ids, 12, 1, 1.0, True) == cached
-
-
 def test_cached_equals_uncached_sampling():
     decoder, images = _decoder(), _images(5)
     runs = [
@@ -152,7 +103,7 @@ def test_cached_equals_uncached_sampling():
 def test_beam_of_one_equals_greedy(use_cache):
     decoder, images = _decoder(), _images(5)
     with torch.no_grad():
-        beam = _beam_search(decoder, images, None, 12, 1, 1.0, use_cache)
+        beam = _beam_search(decoder, images, 12, 1, 1.0, use_cache)
     assert beam == generate(decoder, images, max_length=12, use_cache=use_cache)
 
 

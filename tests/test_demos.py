@@ -40,6 +40,9 @@ def test_search_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
                       "--out", str(out), "a red chair")
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0 and "'a red chair':" in result.stdout
+    rooms = run_demo("search_products.py", "--model", str(no_decoder), "--data", str(tiny_catalog), "--k", "2", "--kind", "room",
+                     "--reranker", "--out", str(tmp_path / "rooms.png"), "a room with a bed")
+    assert rooms.returncode == 0, rooms.stderr
 
 
 def test_shop_the_room_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
@@ -47,7 +50,7 @@ def test_shop_the_room_demo_writes_its_grid(no_decoder, tiny_catalog, tmp_path):
     result = run_demo("shop_the_room.py", "--model", str(no_decoder), "--data", str(tiny_catalog), "--rooms", "2", "--k", "3",
                       "--out", str(out))
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if "products in the top 3 with the votes" in line]
+    lines = [line for line in result.stdout.splitlines() if "products in the top 3" in line]
     assert len(lines) == 2 and out.stat().st_size > 0
     missing = run_demo("shop_the_room.py", "--model", str(tmp_path / "nowhere"), "--data", str(tiny_catalog))
     _one_error_line(missing, "shop_the_room.py", "no checkpoint at")

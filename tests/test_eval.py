@@ -4,11 +4,7 @@ import pytest
 from vislang.data.catalog import Catalog, Item
 from vislang.eval import chance_levels, evaluate
 from vislang.eval.retrieval import (ZERO_SHOT_PARAPHRASES, coverage_at_k, coverage_per_query, evaluate_with_intervals,
-                                    metric_means, per_query_scores, recall_at_k, recall_hits, room_category_scores)
-from vislang.eval.retrieval import lookalike_texts as retrieval_lookalikes
-from vislang.models.lookalike import lookalike_texts
-from vislang.models.room_category import category_probabilities
-from vislang.models.room_vote import room_vote
+                                    metric_means, per_query_scores, recall_at_k, recall_hits)
 
 
 def test_recall_at_k_hand_case():
@@ -153,149 +149,39 @@ def test_room_to_products_scores_a_product_by_its_photo_and_its_caption(tmp_path
     assert metrics["room2products_r50"] == 1.0  # its caption lifts it to the top
 
 
-def test_room_vote_hand_case():
-    queries = np.array([[1.0, 0.0]])
-    rooms = np.array([[1.0, 0.0], [0.0, 1.0]])  # the first looks exactly like the query, the second not at all
-    links = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    expected = np.array([[1.0, np.exp(-10.0), 1.0]])  # exp((cos - 1) / 0.1)
-    np.testing.assert_allclose(room_vote(queries, rooms, links, 0.1), expected, rtol=1e-6)
-    dropped = room_vote(queries, rooms, links, 0.1, exclude=np.array([[True, False]]))
-    np.testing.assert_allclose(dropped, [[0.0, np.exp(-10.0), 0.0]], rtol=1e-6)
-    with pytest.raises(ValueError, match="temperature"):
-        room_vote(queries, rooms, links, 0.0)
+class _RandomEncoder:
+    """Fixed random unit vectors per image and per text: rankings with no structure to lean on."""
 
+    def __init__(self, dim=8):
+        self.dim, self.rows = dim, {}
 
-class _LookalikeRoomEncoder(_CaptionOnlyLinkEncoder):
-    """As above, but the target's caption reads like nothing either; only a training room that looks
-    like the test room, and lists the target, can find it."""
-
-    def encode_texts(self, texts, batch_size=256):
-        return np.asarray([[0.0, 0.0, 1.0] for _ in texts], np.float32)
-
-    def room_vote(self, queries, rooms, links, exclude=None):
-        return 2.0 * room_vote(queries, rooms, links, 0.1, exclude)
-
-
-def test_room_to_products_adds_the_votes_of_lookalike_training_rooms(tmp_path):
-    items = [Item(f"d{i}", "product", tmp_path / f"d{i}.jpg", (f"D{i} Lamp, White",), "train") for i in range(55)]
-    items.append(Item("target", "product", tmp_path / "t.jpg", ("Target Sofa, Grey",), "train"))
-    items.append(Item("seen", "room", tmp_path / "s.jpg", ("a room",), "train", ("target",), {"category": "Living room"}))
-    items.append(Item("r", "room", tmp_path / "r.jpg", ("a living room",), "test", ("target",), {"category": "Living room"}))
-    catalog = Catalog(items, tmp_path)
-    encoder = _LookalikeRoomEncoder(catalog)
-    metrics = evaluate(encoder, catalog, "test")
-    assert metrics["room2products_embed_r50"] == 0.0  # 55 products score above the target without the vote
-    assert metrics["room2products_r50"] == 1.0  # the training room like it lists the target
-    assert evaluate(encoder, catalog, "train")["room2products_r50"] == 0.0  # a room never votes for itself
-
-
-def test_lookalike_texts_hand_case():
-    images = np.array([[1.0, 0.0]])
-    bank_images = np.array([[1.0, 0.0], [0.6, 0.8]])  # cosines 1 and 0.6 with the image
-    bank_texts = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    mean = np.array([0.0, 1.0, np.exp(-4.0)])  # weights exp(cos / 0.1), relative to the nearest
-    np.testing.assert_allclose(lookalike_texts(images, bank_images, bank_texts, 0.1), [mean / np.linalg.norm(mean)], rtol=1e-6)
-    dropped = lookalike_texts(images, bank_images, bank_texts, 0.1, exclude=np.array([[True, False]]))
-    np.testing.assert_allclose(dropped, [[0.0, 0.0, 1.0]], atol=1e-7)
-    nothing = lookalike_texts(images, bank_images, bank_texts, 0.1, exclude=np.array([[True, True]]))
-    np.testing.assert_array_equal(nothing, [[0.0, 0.0, 0.0]])
-    with pytest.raises(ValueError, match="temperature"):
-        lookalike_texts(images, bank_images, bank_texts, 0.0)
-
-
-class _LookalikeProductEncoder:
-    """The target's photo and caption do not meet in this space, but a training product whose photo
-    looks exactly like the target's has a caption that reads like the target's."""
-
-    IMAGES = {"target": [0.0, 1.0, 0.0], "twin": [0.0, 1.0, 0.0]}
-    TEXTS = {"Target Sofa, Grey": [1.0, 0.0, 0.0], "Target Sofa, Blue": [1.0, 0.0, 0.0]}
-
-    def __init__(self, catalog, weight):
-        self.by_image, self.weight = {item.image: item for item in catalog}, weight
+    def _row(self, key):
+        if key not in self.rows:
+            v = np.random.default_rng(len(self.rows)).standard_normal(self.dim).astype(np.float32)
+            self.rows[key] = v / np.linalg.norm(v)
+        return self.rows[key]
 
     def encode_images(self, items, batch_size=64):
-        return np.asarray([self.IMAGES.get(self.by_image[path].id, [0.1, 0.0, 0.995]) for path in items], np.float32)
+        return np.stack([self._row(("image", path)) for path in items]).reshape(-1, self.dim)
 
     def encode_texts(self, texts, batch_size=256):
-        return np.asarray([self.TEXTS.get(text, [0.0, 0.0, 1.0]) for text in texts], np.float32)
-
-    def lookalike_texts(self, images, bank_images, bank_texts, exclude=None):
-        return None if not self.weight else self.weight * lookalike_texts(images, bank_images, bank_texts, 0.1, exclude)
+        return np.stack([self._row(("text", text)) for text in texts]).reshape(-1, self.dim)
 
 
-def test_product_rankings_add_the_captions_of_lookalike_training_products(tmp_path):
-    items = [Item(f"d{i}", "product", tmp_path / f"d{i}.jpg", ("Other Lamp, White",), split)
-             for i, split in enumerate(["test"] * 10 + ["train"] * 5)]
-    items.append(Item("target", "product", tmp_path / "t.jpg", ("Target Sofa, Grey",), "test"))
-    items.append(Item("twin", "product", tmp_path / "w.jpg", ("Target Sofa, Blue",), "train"))
-    catalog = Catalog(items, tmp_path)
-    without = evaluate(_LookalikeProductEncoder(catalog, 0.0), catalog, "test")
-    assert without["product_text2image_r1"] == pytest.approx(10 / 11)  # the target's caption finds a lamp first
-    encoder = _LookalikeProductEncoder(catalog, 2.0)
-    with_lookalikes = evaluate(encoder, catalog, "test")
-    assert with_lookalikes["product_text2image_r1"] == 1.0  # the twin's caption is the target's photo's look-alike text
-    assert with_lookalikes["product_image2text_r1"] == 1.0  # and the same on the query's side
-    # a training item never borrows its own caption: the twin's look-alikes are then the lamps
-    train = catalog.select("train", "product")
-    borrowed = retrieval_lookalikes(encoder, catalog, train, encoder.encode_images([item.image for item in train]), {})
-    np.testing.assert_allclose(borrowed[-1], [0.0, 0.0, 2.0], atol=1e-6)
-
-
-def test_category_probabilities_hand_case():
-    bank = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8]])  # cosines 1, 0.6, 0.6 with the query
-    labels = np.array([0, 1, 1])
-    query = np.array([[1.0, 0.0]])
-    rest = 2 * np.exp(-4.0)  # weights exp(cos / 0.1), relative to the nearest
-    np.testing.assert_allclose(category_probabilities(query, bank, labels, 3, 0.1), [[1 / (1 + rest), rest / (1 + rest), 0.0]],
-                               rtol=1e-6)
-    own_left_out = category_probabilities(query, bank, labels, 3, 0.1, exclude=np.array([[True, False, False]]))
-    np.testing.assert_allclose(own_left_out, [[0.0, 1.0, 0.0]], atol=1e-7)
-    np.testing.assert_array_equal(category_probabilities(query, bank, labels, 3, 0.1, exclude=np.ones((1, 3), bool)), [[0, 0, 0]])
-    np.testing.assert_array_equal(category_probabilities(query, bank[:0], labels[:0], 3, 0.1), [[0, 0, 0]])  # no training rooms
-    with pytest.raises(ValueError, match="labels"):
-        category_probabilities(query, bank, np.array([0, 1, 3]), 3, 0.1)
-
-
-class _RoomCategoryEncoder:
-    """Room titles and photos do not meet in this space (one title is even nearer the wrong photo),
-    but each test room's title and photo look like those of a training room of its kind."""
-
-    TEXTS = {"sweet dreams": [1, 0, 0, 0], "dream on": [1, 0, 0, 0], "cook it up": [0, 1, 0, 0], "chef's table": [0, 1, 0, 0]}
-    IMAGES = {"bed": [0, 0, 1, 0], "test-bed": [0, 0, 1, 0], "kitchen": [0, 0, 0, 1], "test-kitchen": [0.1, 0, 0, 0.995]}
-
-    def __init__(self, catalog, weight):
-        self.by_image, self.weight = {item.image: item for item in catalog}, weight
-
-    def encode_images(self, items, batch_size=64):
-        return np.asarray([self.IMAGES[self.by_image[path].id] for path in items], np.float32)
-
-    def encode_texts(self, texts, batch_size=256):
-        return np.asarray([self.TEXTS.get(text, [0, 0, 0, 0]) for text in texts], np.float32)
-
-    def room_categories(self, embeddings, bank, labels, categories, modality, exclude=None):
-        if not self.weight:
-            return None
-        probabilities = category_probabilities(embeddings, bank, labels, categories, 0.1, exclude)
-        return probabilities if modality == "text" else self.weight * probabilities
-
-
-def test_room_titles_rank_by_the_kind_of_room_title_and_photo_agree_on(tmp_path):
-    def room(name, title, split, category):
-        return Item(name, "room", tmp_path / f"{name}.jpg", (title,), split, (), {"category": category})
-
-    catalog = Catalog([room("test-bed", "dream on", "test", "Bedroom"), room("test-kitchen", "chef's table", "test", "Kitchen"),
-                       room("bed", "sweet dreams", "train", "Bedroom"), room("kitchen", "cook it up", "train", "Kitchen")], tmp_path)
-    without = evaluate(_RoomCategoryEncoder(catalog, 0.0), catalog, "test")
-    assert without["room_title2image_r1"] == 0.0  # "dream on" is nearer the kitchen; "chef's table" ties, bedroom first
-    encoder = _RoomCategoryEncoder(catalog, 1.0)
-    assert evaluate(encoder, catalog, "test")["room_title2image_r1"] == 1.0
-    # a training room never classifies its own title or photo: each is then read from the other room
-    # alone, which is of the other kind (left in, each would be read as its own kind: the identity)
-    train, test = catalog.select("train", "room"), catalog.select("test", "room")
-    train_titles = encoder.encode_texts([item.caption for item in train])
-    test_photos = encoder.encode_images([item.image for item in test])
-    own_titles_out = room_category_scores(encoder, catalog, train_titles, test, test_photos, {}, text_items=train)
-    np.testing.assert_allclose(own_titles_out, [[0.0, 1.0], [1.0, 0.0]], atol=1e-4)  # the other kind keeps exp(-1 / 0.1) of the weight
-    test_titles = encoder.encode_texts([item.caption for item in test])
-    own_photos_out = room_category_scores(encoder, catalog, test_titles, train, encoder.encode_images([item.image for item in train]), {})
-    np.testing.assert_allclose(own_photos_out, [[0.0, 1.0], [1.0, 0.0]], atol=1e-4)
+def test_the_figures_are_those_of_plain_cosine_rankings(tmp_path):
+    extra = [Item(f"t{i}", "product", tmp_path / f"t{i}.jpg", (f"T{i} Lamp, White",), "train") for i in range(6)]
+    extra += [Item("tr", "room", tmp_path / "tr.jpg", ("a train room",), "train", ("t0",), {"category": "Bedroom"})]
+    catalog = _oracle_catalog(tmp_path, extra)
+    encoder = _RandomEncoder()
+    scores = per_query_scores(encoder, catalog, "test")
+    products, rooms = catalog.select("test", "product"), catalog.select("test", "room")
+    images, texts = encoder.encode_images([p.image for p in products]), encoder.encode_texts([p.caption for p in products])
+    truth = [{i for i, other in enumerate(products) if other.caption == p.caption} for p in products]
+    for k, hits in recall_hits(texts @ images.T, truth, (1, 5, 10)).items():
+        np.testing.assert_array_equal(scores[f"product_text2image_r{k}"], hits)
+    for k, hits in recall_hits(images @ texts.T, truth, (1, 5, 10)).items():
+        np.testing.assert_array_equal(scores[f"product_image2text_r{k}"], hits)
+    titles, photos = encoder.encode_texts([r.caption for r in rooms]), encoder.encode_images([r.image for r in rooms])
+    for k, hits in recall_hits(titles @ photos.T, [{0}, {1}], (1, 5)).items():
+        np.testing.assert_array_equal(scores[f"room_title2image_r{k}"], hits)
+    assert not any(name.startswith("reranked_") for name in scores)  # the re-ranker only when asked

@@ -35,7 +35,7 @@ from vislang.search.factory import (
     resolve_factory,
     tune,
 )
-from vislang.eval.retrieval import lookalike_texts, ranking_scores, room_category_scores, room_product_scores
+from vislang.eval.retrieval import catalog_reranker
 from vislang.search.files import sha256_file
 from vislang.search.query import normalize
 from vislang.train import train
@@ -83,49 +83,67 @@ def _scores(hits):
 # ---------------------------------------------------------------- search is exact search
 
 
-def _lookalikes(model, catalog, items, images):
-    """What `vislang eval` adds for text queries: each item's look-alike captions, from the catalog's training items."""
-    return lookalike_texts(model, catalog, items, np.stack([images[item.id] for item in items]), {})
-
-
-def test_text_search_equals_brute_force_with_the_hubness_penalty(index, model, catalog):
+def test_text_search_equals_brute_force_cosine(index, model, catalog):
     products = catalog.select(None, "product")
     everything = list(catalog)
     images = {item.id: row for item, row in zip(everything, model.encode_images([item.image for item in everything]))}
     product_images = np.stack([images[p.id] for p in products])
-    penalty = model.hubness_penalty(product_images, "image")
-    assert penalty.min() > 0.01  # the tiny model has its bank, so the check below is not plain cosine again
-    assert index.lookalikes  # and its look-alike captions (tiny.yaml)
+    assert index.parts["product"].index.d == index.dimension  # the stored vectors are the embeddings alone
     queries = ["a red chair", "Lamp, Blue", "a room with a bed"]
     vectors = model.encode_texts(queries)
-    # what `vislang eval` ranks products by
-    ranking = ranking_scores(model, vectors, product_images, "image", lookalikes=_lookalikes(model, catalog, products, images))
-    for query, scores, hits in zip(queries, ranking, index.search(texts=queries, k=5, kind="product")):
+    for query, scores, hits in zip(queries, vectors @ product_images.T, index.search(texts=queries, k=5, kind="product")):
         order = np.argsort(-scores, kind="stable")[:5]
         assert _ids(hits) == [products[i].id for i in order], query
         np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-6)
         assert all(hit.kind == "product" for hit in hits)
-    # every kind: the per-kind answers merged by score are the top of one brute-force ranking
-    # (products less their penalty for a text, rooms by cosine); a room photo ranks by cosine
-    # alone, its own room first, then products and rooms mixed
+    # every kind: the per-kind answers merged by score are the top of one brute-force ranking; a
+    # room photo finds its own room first, then products and rooms mixed
     gallery = np.stack([images[item.id] for item in everything])
-    text_penalty = np.asarray([penalty[products.index(item)] if item.kind == "product" else 0.0 for item in everything])
-    rooms = catalog.select(None, "room")
-    borrowed = dict(zip(products + rooms, np.concatenate([_lookalikes(model, catalog, products, images),
-                                                          _lookalikes(model, catalog, rooms, images)])))
-    text_lookalikes = np.stack([borrowed[item] for item in everything]) @ vectors[2]
-    # and rooms gain the chance that text and photo name the same kind of room (tiny.yaml has it on)
-    agreement = room_category_scores(model, catalog, vectors[2:3], rooms, np.stack([images[r.id] for r in rooms]), {})[0]
-    assert index.room_categories and np.ptp(agreement) > 0.01
-    text_lookalikes += np.asarray([agreement[rooms.index(item)] if item.kind == "room" else 0.0 for item in everything])
-    room = rooms[0]
-    for vector, paid, hits in ((vectors[2], text_penalty - text_lookalikes, index.search(texts=queries[2], k=12)[0]),
-                               (images[room.id], 0.0, index.search(images=room.image, k=12)[0])):
-        scores = gallery @ vector - paid
+    room = catalog.select(None, "room")[0]
+    for vector, hits in ((vectors[2], index.search(texts=queries[2], k=12)[0]),
+                         (images[room.id], index.search(images=room.image, k=12)[0])):
+        scores = gallery @ vector
         order = np.argsort(-scores, kind="stable")[:12]
         np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-6)
         assert _ids(hits) == [everything[i].id for i in order]
     assert hits[0].id == room.id and {hit.kind for hit in hits} == {"product", "room"}
+
+
+def _reranked_brute_force(model, catalog, texts: np.ndarray, items) -> np.ndarray:
+    """What `vislang eval --reranker` ranks `items` by for `texts`: cosine plus the catalog's re-ranker."""
+    gallery = model.encode_images([item.image for item in items])
+    return catalog_reranker(model, catalog).text_to_image(texts @ gallery.T, texts, gallery, items[0].kind,
+                                                         image_keys=[item.image for item in items])
+
+
+def test_the_reranker_rescores_text_search_as_eval_does(index, model, catalog):
+    """The tiny catalog's kinds hold fewer items than RERANK_CANDIDATES: the re-ranked search is then
+    eval's re-ranked ranking, down to the scores (each indexed training item leaving itself out)."""
+    queries = ["a red chair", "a room with a bed"]
+    vectors = model.encode_texts(queries)
+    for kind in ("product", "room"):
+        items = catalog.select(None, kind)
+        expected = _reranked_brute_force(model, catalog, vectors, items)
+        plain = index.search(texts=queries, k=len(items), kind=kind)
+        for scores, hits, cosine in zip(expected, index.search(texts=queries, k=len(items), kind=kind, reranker=True), plain):
+            order = np.argsort(-scores, kind="stable")
+            assert _ids(hits) == [items[i].id for i in order]
+            np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-5)
+            assert _scores(hits) != pytest.approx(_scores(cosine), abs=1e-3)  # the terms do count
+    # a photo+text query: the terms times the text's share of the unit query
+    item = catalog.select(None, "product")[0]
+    products = catalog.select(None, "product")
+    gallery = model.encode_images([p.image for p in products])
+    summed = 0.4 * model.encode_images([item.image]) + 0.6 * model.encode_texts(["a blue lamp"])
+    query = summed / np.linalg.norm(summed)
+    terms = _reranked_brute_force(model, catalog, query, products) - query @ gallery.T
+    scores = (query @ gallery.T + 0.6 / np.linalg.norm(summed) * terms)[0]
+    hits = index.search(texts="a blue lamp", images=item.image, k=6, kind="product", reranker=True)[0]
+    order = np.argsort(-scores, kind="stable")[:6]
+    assert _ids(hits) == [products[i].id for i in order]
+    np.testing.assert_allclose(_scores(hits), scores[order], rtol=1e-5, atol=1e-5)
+    with pytest.raises(QueryError, match="re-ranker needs a text"):
+        index.search(images=item.image, reranker=True)
 
 
 def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, model, catalog):
@@ -135,15 +153,10 @@ def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, mo
     photo, text = model.encode_images([item.image]), model.encode_texts(["a blue lamp"])
     products = catalog.select(None, "product")
     gallery = model.encode_images([p.image for p in products])
-    penalty = model.hubness_penalty(gallery, "image")
-    borrowed = lookalike_texts(model, catalog, products, gallery, {})
     for weight in (0.0, 0.6, 1.0):
         combined = index.search(texts="a blue lamp", images=item.image, k=6, text_weight=weight, kind="product")[0]
         summed = (1 - weight) * photo + weight * text
-        norm = np.linalg.norm(summed)
-        # the text's part of the unit query pays the penalty and meets the look-alike captions, the photo's does not
-        query = summed[0] / norm
-        scores = gallery @ query + (weight / norm) * (borrowed @ query - penalty)
+        scores = gallery @ (summed[0] / np.linalg.norm(summed))
         order = np.argsort(-scores, kind="stable")[:6]
         assert _ids(combined) == [products[i].id for i in order]
         np.testing.assert_allclose(_scores(combined), scores[order], rtol=1e-5, atol=1e-6)
@@ -195,6 +208,7 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
     folder = index.save(tmp_path / "index")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["dimension"] == 32 and manifest["metric"] == "inner_product" and manifest["count"] == len(catalog)
+    assert manifest["version"] == 5 and "lookalikes" not in manifest and "room_categories" not in manifest
     assert manifest["factory"] == "auto" and manifest["model"]["fingerprint"].startswith("sha256:")
     assert Path(manifest["model"]["checkpoint"]) == Path(checkpoint).resolve()
     assert {kind: part["count"] for kind, part in manifest["parts"].items()} == {"product": 48, "room": 8}
@@ -210,7 +224,7 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
 
 
 def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
-    # not training items: the look-alike captions of every item are then those of the index built in one go
+    # not training items: the re-ranker's banks are then those of the index built in one go
     held_back = {item.id for item in catalog.select(None, "product") if item.split != "train"}
     held_back = set(sorted(held_back)[-5:]) | set(sorted(item.id for item in catalog.select(None, "room") if item.split != "train")[-2:])
     first = Index.build(model, [item for item in catalog if item.id not in held_back], progress=False, gpu=False)
@@ -227,15 +241,15 @@ def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
         if item.id in held_back:
             top = reloaded.search(images=item.image, k=1, kind=item.kind)[0][0]
             assert top.id == item.id and top.score == pytest.approx(1.0, abs=1e-5)
-    # added products carry their hubness penalty and look-alike captions too, added rooms their
-    # categories (from the training items already indexed): a text query scores every item as the
-    # index built in one go does
+    # a text query scores every item as the index built in one go does, with the re-ranker too
+    # (whose banks, the indexed training items, are the same)
     for kind in ("product", "room"):
         n = len(catalog.select(None, kind))
-        scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind=kind)[0]}
-                  for found in (reloaded, index)]
-        assert scored[0].keys() == scored[1].keys()
-        np.testing.assert_allclose([scored[0][i] for i in scored[1]], list(scored[1].values()), rtol=1e-5, atol=1e-6)
+        for reranker in (False, True):
+            scored = [{hit.id: hit.score for hit in found.search(texts="a red chair", k=n, kind=kind, reranker=reranker)[0]}
+                      for found in (reloaded, index)]
+            assert scored[0].keys() == scored[1].keys()
+            np.testing.assert_allclose([scored[0][i] for i in scored[1]], list(scored[1].values()), rtol=1e-5, atol=1e-6)
     # the previous generation's files are gone, the new manifest names only existing files
     manifest = json.loads((folder / "manifest.json").read_text())
     named = {name for part in manifest["parts"].values() for name in part["files"]}
@@ -259,23 +273,6 @@ def test_another_checkpoint_or_dimension_is_refused(index, model, tmp_path):
         Index.load(folder, model=narrow)
     with pytest.raises(IndexMismatchError, match="16-d"):
         index.search_vectors(np.zeros((1, 16), np.float32))
-
-
-def test_an_index_without_lookalike_captions_or_room_categories_and_a_version_2_one_still_search(
-        model, catalog, tmp_path, monkeypatch):
-    monkeypatch.setitem(model.config["model"]["lookalike_texts"], "weight", 0.0)
-    monkeypatch.setitem(model.config["model"]["room_category"], "weight", 0.0)
-    plain = Index.build(model, catalog, progress=False, gpu=False)
-    assert not plain.lookalikes and not plain.room_categories
-    assert plain.parts["product"].index.d == plain.parts["room"].index.d == plain.dimension + 1
-    folder = plain.save(tmp_path / "plain")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["version"] = 2  # what vislang wrote before look-alike captions: no "lookalikes" key
-    del manifest["lookalikes"], manifest["room_categories"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    old = Index.load(folder, gpu=False)
-    assert not old.lookalikes and not old.room_categories
-    assert old.search(texts="a red chair", k=5) == plain.search(texts="a red chair", k=5)
 
 
 def test_missing_and_corrupt_files_are_refused(index, tmp_path):
@@ -302,11 +299,11 @@ def test_missing_and_corrupt_files_are_refused(index, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="dimension"):
         Index.load(bad)
-    bad = broken("version-1")  # its vectors lack the penalty coordinate
+    bad = broken("version-4")  # its vectors carry ranking terms in extra coordinates
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["version"] = 1
+    manifest["version"] = 4
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="version 1 index.*rebuild it"):
+    with pytest.raises(IndexFormatError, match="version 4 index.*embeddings alone.*rebuild it"):
         Index.load(bad)
     manifest = json.loads((folder / "manifest.json").read_text())
     index_file = manifest["parts"]["product"]["index_file"]
@@ -355,47 +352,6 @@ def test_goes_with_refuses_unknown_ids_and_missing_images(index):
         index.goes_with("999.999.99")
     with pytest.raises(ImageLoadError, match="image not found"):
         index.goes_with("photos/my-sofa.jpg")
-
-
-def test_room_search_ranks_products_as_eval_does_without_captions(model, catalog):
-    """Products and the training rooms indexed, test rooms as queries: the ranking is eval's photo
-    cosine plus votes (eval/retrieval.py), down to the scores, and the votes do change it."""
-    train_rooms = catalog.select("train", "room")
-    index = Index.build(model, catalog.select(None, "product") + train_rooms, progress=False, gpu=False)
-    queries = catalog.select("test", "room") + catalog.select("val", "room")
-    products = catalog.select(None, "product")
-    expected = room_product_scores(model, catalog, queries, model.encode_images([q.image for q in queries]))
-    wanted = expected["photos"] + expected["votes"]
-    assert np.abs(expected["votes"]).max() > 0
-    k = len(products)
-    for query, row, photos in zip(queries, wanted, expected["photos"]):
-        hits = index.search(images=str(query.image), k=k, room=True)[0]
-        order = np.argsort(-row, kind="stable")
-        assert _ids(hits) == [products[i].id for i in order]
-        assert _scores(hits) == pytest.approx(row[order].tolist(), abs=1e-5)
-        assert _ids(hits) != [products[i].id for i in np.argsort(-photos, kind="stable")]
-        rooms = {room.id: room for room in train_rooms}
-        assert any(hit.rooms for hit in hits)
-        assert all(hit.id in rooms[r].links for hit in hits for r in hit.rooms)
-    # a small k is the head of the full answer, although voted products lie outside the photo's top k
-    top = index.search(images=str(queries[0].image), k=3, room=True)[0]
-    assert _ids(top) == _ids(index.search(images=str(queries[0].image), k=k, room=True)[0])[:3]
-
-
-def test_room_search_refusals(index, model, catalog, monkeypatch):
-    photo = index.parts["room"].records[0]["image"]
-    for kwargs, message in (({"texts": "a room", "images": photo}, "give a photo and no text"),
-                            ({"texts": "a room"}, "give a photo and no text"),
-                            ({"images": photo, "kind": "room"}, "returns products, not rooms"),
-                            ({"images": photo, "rerank": 5}, "re-ranking needs a text query")):
-        with pytest.raises(QueryError, match=message):
-            index.search(room=True, **kwargs)
-    products_only = Index.build(model, catalog.select(None, "product"), progress=False, gpu=False)
-    with pytest.raises(QueryError, match="needs products and rooms"):
-        products_only.search(images=photo, room=True)
-    monkeypatch.setitem(model.config["model"]["room_vote"], "weight", 0.0)
-    with pytest.raises(QueryError, match="trained without room votes"):
-        index.search(images=photo, room=True)
 
 
 # ---------------------------------------------------------------- factory and tuning

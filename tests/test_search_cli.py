@@ -86,16 +86,29 @@ def test_goes_with_by_id_and_by_photo(built, tiny_catalog, capsys):
     assert code == 0 and json.loads(out)["products"]
 
 
-def test_room_photo_search_lists_products_and_the_rooms_that_voted(built, tiny_catalog, capsys):
-    _, index = built
-    photo = str(tiny_catalog / "images" / "rooms" / "room00.jpg")  # a room with a chair: it lists three chairs
-    code, out, _ = run(capsys, "search", "--index", str(index), "--image", photo, "--room", "--k", "3", "--json")
-    result = json.loads(out)
-    assert code == 0 and result["room"] and len(result["results"]) == 3
-    assert all(hit["kind"] == "product" and hit["type"] == "Chair" and "room00" in hit["rooms"] for hit in result["results"])
-    code, out, _ = run(capsys, "search", "--index", str(index), "--image", photo, "--room", "--k", "3")
-    assert code == 0 and len(out.splitlines()) == 3 and all("rooms: room00" in line for line in out.splitlines())
-    assert "give a photo and no text" in one_line_error(capsys, "search", "--index", str(index), "a chair", "--room")
+def test_search_and_eval_with_the_reranker(built, tiny_catalog, capsys):
+    checkpoint, index = built
+    plain = json.loads(run(capsys, "search", "--index", str(index), "a room with a bed", "--kind", "room", "--json")[1])
+    code, out, _ = run(capsys, "search", "--index", str(index), "a room with a bed", "--kind", "room", "--reranker", "--json")
+    reranked = json.loads(out)
+    assert code == 0 and reranked["reranker"] and not plain["reranker"]
+    assert [h["score"] for h in reranked["results"]] != [h["score"] for h in plain["results"]]
+    assert "re-ranker needs a text" in one_line_error(capsys, "search", "--index", str(index), "--image",
+                                                      str(tiny_catalog / "images" / "rooms" / "room00.jpg"), "--reranker")
+    # eval: the embeddings' figures as they are, the re-ranked ones apart, each with its interval
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--device", "cpu", "--json")
+    pure = json.loads(out)
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--device", "cpu", "--json",
+                       "--reranker")
+    both = json.loads(out)
+    assert code == 0 and not any(name.startswith("reranked_") for name in pure)
+    assert {name: value for name, value in both.items() if not name.startswith("reranked_") and name != "ci95"} == \
+        {name: value for name, value in pure.items() if name != "ci95"}
+    assert {"reranked_product_text2image_r1", "reranked_product_image2text_r10", "reranked_room_title2image_r5"} <= set(both)
+    assert {name for name in both if name.startswith("reranked_")} <= set(both["ci95"])
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(checkpoint), "--data", str(tiny_catalog), "--device", "cpu",
+                       "--reranker")
+    assert code == 0 and "re-ranked at query time" in out
 
 
 def test_add_image_files_then_find_them(built, tiny_catalog, tmp_path, capsys):

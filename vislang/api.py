@@ -13,10 +13,6 @@ from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
 from .devices import pick_device
 from .models.generate import generate
-from .models.hubness import check_modality
-from .models.lookalike import lookalike_texts
-from .models.room_category import category_probabilities
-from .models.room_vote import room_vote
 
 
 class MissingHeadError(ValueError):
@@ -32,7 +28,10 @@ def batch_starts(count: int, batch_size: int) -> range:
 
 
 class VisLang:
-    """A trained model ready for inference. Embeddings are float32 rows with unit L2 norm."""
+    """A trained model ready for inference. Embeddings are float32 rows with unit L2 norm.
+
+    The embeddings are the product: the index, the service and `vislang eval`'s figures use them as
+    they are. Ranking terms that read the training split are opt-in, at query time (vislang/ranking/)."""
 
     def __init__(self, model, tokenizer, config: dict, device: torch.device, checkpoint: Path | None = None) -> None:
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
@@ -63,73 +62,17 @@ class VisLang:
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
         return np.concatenate(out)
 
-    @torch.inference_mode()
-    def hubness_penalty(self, gallery: np.ndarray, modality: str) -> np.ndarray:
-        """[N]: what to subtract from every query's cosine with each gallery embedding [N, D] before
-        ranking ("image": a gallery of images searched with texts; "text": the other way). Zeros for
-        a model trained without model.hubness.weight (models/hubness.py)."""
-        if self.model.query_bank is None:
-            check_modality(modality)
-            return np.zeros(len(gallery), np.float32)
-        rows = torch.from_numpy(np.asarray(gallery, np.float32)).to(self.device)
-        return self.model.query_bank.penalty(rows, modality).float().cpu().numpy()
-
-    def room_vote(self, queries: np.ndarray, rooms: np.ndarray, links: np.ndarray,
-                  exclude: np.ndarray | None = None) -> np.ndarray | None:
-        """[Q, P]: what to add to room photos' [Q, D] cosines with products, from the training rooms
-        [R, D] that look like them and the products they list (links [R, P]; models/room_vote.py);
-        None for a model trained without model.room_vote.weight."""
-        settings = self.config["model"]["room_vote"]
-        if not settings["weight"]:
-            return None
-        return settings["weight"] * room_vote(queries, rooms, links, settings["temperature"], exclude)
-
-    def lookalike_texts(self, images: np.ndarray, bank_images: np.ndarray, bank_texts: np.ndarray,
-                        exclude: np.ndarray | None = None) -> np.ndarray | None:
-        """[N, D]: weight x the mean caption embedding of the training images bank_images [B, D] (captions
-        bank_texts [B, D]) that look like each image [N, D] (models/lookalike.py): a text query's
-        cosine with it is added to its cosine with the image. None for a model trained without
-        model.lookalike_texts.weight."""
-        settings = self.config["model"]["lookalike_texts"]
-        if not settings["weight"]:
-            return None
-        return settings["weight"] * lookalike_texts(images, bank_images, bank_texts, settings["temperature"], exclude)
-
-    def room_categories(self, embeddings: np.ndarray, bank: np.ndarray, labels: np.ndarray, categories: int,
-                        modality: str, exclude: np.ndarray | None = None) -> np.ndarray | None:
-        """[N, categories]: the kind of room each room photo or text [N, D] shows or names, from the
-        training rooms' photos or titles bank [B, D] like it and their categories labels [B]
-        (models/room_category.py). "text": P(category | text); "image": weight x P(category | photo),
-        so that a text's score for a photo gains their product. None for a model trained without
-        model.room_category.weight."""
-        settings = self.config["model"]["room_category"]
-        check_modality(modality)
-        if not settings["weight"]:
-            return None
-        temperature = settings["text_temperature" if modality == "text" else "photo_temperature"]
-        probabilities = category_probabilities(embeddings, bank, labels, categories, temperature, exclude)
-        return probabilities if modality == "text" else settings["weight"] * probabilities
-
     def _require(self, head: str, config_key: str) -> None:
         if getattr(self.model, head) is None:
             raise MissingHeadError(f"this model has no {head} head: train it with model.{config_key}.enabled=true")
 
+    @torch.inference_mode()
     def match(self, images: Sequence[ImageLike], texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """[N] probability that images[i] matches texts[i], from the matching head."""
-        logits, overlap = self.match_parts(images, texts, batch_size)
-        if overlap is not None:
-            logits = logits + overlap @ self.model.matching.overlap_weights.cpu().numpy()
-        return torch.sigmoid(torch.from_numpy(logits)).numpy()
-
-    @torch.inference_mode()
-    def match_parts(self, images: Sequence[ImageLike], texts: Sequence[str],
-                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-        """The matching head's logits [N] without its neighbour-overlap term, and that overlap [N, k]
-        (None when the head reads none): what `match` combines, and what fitting its weights needs."""
         self._require("matching", "matching")
         if len(images) != len(texts):
             raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
-        logits, overlaps = [np.zeros(0, np.float32)], []
+        logits = [np.zeros(0, np.float32)]
         for start in batch_starts(len(texts), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, image_emb = self.model.image_memory(pixels)
@@ -137,14 +80,7 @@ class VisLang:
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
             similarity = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled, ids, mask)).sum(-1)
             logits.append(self.model.matching(text_tokens, mask, memory, similarity).float().cpu().numpy())
-            overlap = self.model.neighbour_overlap(image_emb, ids)
-            if overlap is not None:
-                overlaps.append(overlap.diagonal().t().float().cpu().numpy())  # pair i is (image i, text i)
-        return np.concatenate(logits), (np.concatenate(overlaps) if overlaps else None)
-
-    def set_overlap_weights(self, weights: np.ndarray) -> None:
-        """Set the matching head's neighbour-overlap weights ([k]; see eval/reranking.py)."""
-        self.model.matching.overlap_weights.copy_(torch.as_tensor(weights))
+        return torch.sigmoid(torch.from_numpy(np.concatenate(logits))).numpy()
 
     def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32,
                 rerank: bool = True) -> list[str]:
@@ -169,9 +105,8 @@ class VisLang:
         captions: list[str] = []
         for start in batch_starts(len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
-            memory, image_emb = self.model.image_memory(pixels)
-            memory, copy_ids = self.model.decoder_memory(memory, image_emb)
-            for ids in generate(self.model.decoder, memory, copy_ids, max_length=max_length, num_beams=num_beams,
+            memory, _ = self.model.image_memory(pixels)
+            for ids in generate(self.model.decoder, memory, max_length=max_length, num_beams=num_beams,
                                 num_return_sequences=returned):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions

@@ -98,18 +98,29 @@ def saved_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder}: config.yaml is missing or not a vislang config ({one_line(err)})") from err
 
 
+# Weights of parts that earlier versions had (their config keys are config.REMOVED_KEYS): an old
+# checkpoint's are left unread, so old runs still load.
+REMOVED_WEIGHTS = ("query_bank.", "neighbours.", "decoder.pointer.", "matching.overlap_weights")
+
+
 def load_weights(model: VisLangModel, folder: Path, device: str | torch.device = "cpu") -> None:
     """Load a checkpoint's weights into `model`; a damaged file, or weights of another shape than
     the model (a run resumed with a changed model config), is a CheckpointError saying which."""
     try:
-        load_model(model, str(folder / "model.safetensors"), device=str(device))
+        missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False, device=str(device))
     except SafetensorError as err:  # a truncated or overwritten file
         raise CheckpointError(f"{folder}: model.safetensors is damaged ({err}); use another checkpoint or retrain") from err
-    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-        changed = _changed_keys(folder, model.cfg)
-        which = f" (model config changed: {'; '.join(changed)})" if changed else ""
-        raise CheckpointError(f"{folder}: its weights do not fit the model this config builds{which}; "
-                              "resume with the run's own model settings or train into a new --output") from err
+    except RuntimeError as err:  # mis-shaped tensors
+        raise _unfit(folder, model) from err
+    if missing or any(not name.startswith(REMOVED_WEIGHTS) for name in unexpected):
+        raise _unfit(folder, model)
+
+
+def _unfit(folder: Path, model: VisLangModel) -> CheckpointError:
+    changed = _changed_keys(folder, model.cfg)
+    which = f" (model config changed: {'; '.join(changed)})" if changed else ""
+    return CheckpointError(f"{folder}: its weights do not fit the model this config builds{which}; "
+                           "resume with the run's own model settings or train into a new --output")
 
 
 def _changed_keys(folder: Path, model_cfg: dict[str, Any]) -> list[str]:
@@ -124,7 +135,7 @@ def _changed_keys(folder: Path, model_cfg: dict[str, Any]) -> list[str]:
         for key, value in cfg.items():
             if isinstance(value, dict) and key != "kwargs":
                 out.update(leaves(value, f"{where}{key}."))
-            elif key not in ("token_ids", "store_size", "bank_size"):  # filled in from the data, not set
+            elif key != "token_ids":  # filled in from the data, not set
                 out[f"{where}{key}"] = value
         return out
 

@@ -43,30 +43,12 @@ DEFAULTS: dict[str, Any] = {
         # frozen sentence encoder's features hardly tell apart (models/model.py).
         "lexical": False,
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
-        # neighbour_overlap: it also weighs how much of the text the captions of the image's nearest
-        # training images contain (needs decoder.neighbours; models/neighbours.py).
-        "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "neighbour_overlap": False},
+        "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
         # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
-        # neighbours k > 0: the decoder also reads the captions of the k training images nearest
-        # the image (models/neighbours.py); store_size is filled in when training starts.
-        # copy (needs neighbours): a pointer may copy the retrieved captions' tokens (models/decoder.py).
         "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
-                    "vocab": "captions", "token_ids": [], "neighbours": 0, "store_size": 0, "copy": False},
-        # weight > 0: product rankings subtract weight x each gallery item's mean cosine with its k
-        # nearest training queries (models/hubness.py); bank_size is filled in when training starts.
-        "hubness": {"weight": 0.0, "k": 10, "bank_size": 0},
-        # weight > 0: a room photo's ranking of products adds weight x the votes of the training rooms
-        # that look like it for the products they list (models/room_vote.py).
-        "room_vote": {"weight": 0.0, "temperature": 0.1},
-        # weight > 0: text <-> image rankings add weight x the query's cosine with the captions of
-        # the training images that look like the gallery image (models/lookalike.py).
-        "lookalike_texts": {"weight": 0.0, "temperature": 0.05},
-        # weight > 0: a text's ranking of room photos adds weight x the chance that the text and the
-        # photo name the same kind of room, each classified by the training rooms like it (by title,
-        # by photo; models/room_category.py).
-        "room_category": {"weight": 0.0, "photo_temperature": 0.05, "text_temperature": 0.05},
+                    "vocab": "captions", "token_ids": []},
         "init_temperature": 0.07,
     },
     "data": {
@@ -118,6 +100,14 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# Keys that earlier versions had. A checkpoint's saved config may still hold them: `resolve` drops
+# them, so old runs load (a config file or override naming one is refused like any unknown key). The ranking terms among them read the training
+# split at query time, which is no part of a model: vislang/ranking/ applies the two that earned
+# their place (`vislang eval --reranker`, `vislang search --reranker`); the rest were deleted.
+REMOVED_KEYS = (
+    "model.hubness", "model.room_vote", "model.lookalike_texts", "model.room_category",
+    "model.decoder.neighbours", "model.decoder.store_size", "model.decoder.copy", "model.matching.neighbour_overlap",
+)
 
 # What a value may be beyond the type of its default (checked by `validate`). Every leaf has its
 # default's type (an int passes where a float is expected) unless TYPES names others for it.
@@ -132,20 +122,17 @@ CHOICES: dict[str, tuple[str, ...]] = {"model.head": ("linear", "mlp"), "model.d
 _AT_LEAST_1 = (
     "model.embed_dim", "model.image.image_size", "model.text.max_length", "model.matching.width",
     "model.matching.layers", "model.matching.heads", "model.decoder.width", "model.decoder.layers",
-    "model.decoder.heads", "model.hubness.k", "train.epochs",
+    "model.decoder.heads", "train.epochs",
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
 )
 _AT_LEAST_0 = (
-    "model.image.color_bins", "model.image.unlocked_groups", "train.locked_views", "model.decoder.neighbours", "model.decoder.store_size", "model.hubness.weight",
-    "model.hubness.bank_size", "model.room_vote.weight", "model.lookalike_texts.weight",
-    "model.room_category.weight",
+    "model.image.color_bins", "model.image.unlocked_groups", "train.locked_views",
     "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
     "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
     "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",
     "train.eval_every_epochs",
 )
-_ABOVE_0 = ("model.init_temperature", "model.room_vote.temperature", "model.lookalike_texts.temperature",
-            "model.room_category.photo_temperature", "model.room_category.text_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
+_ABOVE_0 = ("model.init_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
 _FRACTION = ("data.caption_prob", "train.min_lr_ratio", "train.body_lr_ratio")
 # (check, what the message says a value must be)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -225,6 +212,20 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dic
     return out
 
 
+def without_removed(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`config` less the `REMOVED_KEYS` it holds, and which those were."""
+    config, dropped = copy.deepcopy(config), []
+    for key in REMOVED_KEYS:
+        *parents, leaf = key.split(".")
+        tree = config
+        for part in parents:
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        if isinstance(tree, dict) and leaf in tree:
+            del tree[leaf]
+            dropped.append(key)
+    return config, dropped
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """Turn "train.lr=3e-4" into {"train": {"lr": 0.0003}} (the value is parsed as YAML)."""
     if "=" not in text:
@@ -282,7 +283,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
 
 
 def resolve(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults for keys a saved (older) config lacks, so checkpoints stay loadable."""
-    config = _merge(DEFAULTS, config)
+    """Fill defaults for keys a saved (older) config lacks and drop the `REMOVED_KEYS` it holds,
+    so checkpoints stay loadable."""
+    config = _merge(DEFAULTS, without_removed(config)[0])
     validate(config)
     return config

@@ -12,7 +12,7 @@ from .checkpoint import CheckpointError, find_checkpoint, saved_config
 from .config import ConfigError, load_config
 from .data import find_data_dir, read_catalog
 from .eval.report import evaluate_model, format_report
-from .eval.retrieval import EmbeddingCache, image_embeddings, text_to_image_scores
+from .eval.retrieval import EmbeddingCache, image_embeddings
 from .train import train
 from .viz import result_grid, result_page
 
@@ -92,8 +92,7 @@ def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_pro
         if not gallery:
             continue
         images = image_embeddings(model, gallery, cache)
-        texts = model.encode_texts([q for q, _ in queries])
-        ranking = text_to_image_scores(model, catalog, texts, gallery, images, cache)  # as `vislang eval` ranks
+        ranking = model.encode_texts([q for q, _ in queries]) @ images.T  # cosine, as `vislang eval` ranks
         for (query, truth), scores in zip(queries, ranking):
             top = np.argsort(-scores)[:per_row]
             hits = [(gallery[i].image, gallery[i].caption, truth is not None and gallery[i].caption == truth.caption) for i in top]

@@ -79,14 +79,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..api import load
     from ..eval.report import evaluate_model_with_intervals, format_report
+    from ..ranking import RerankSettings
 
     model = load(args.checkpoint, device=args.device)
     catalog = _catalog_for(model, args.data)
     if not catalog.select(args.split):
         splits = sorted({item.split for item in catalog})
         raise CliError(f"the catalog at {catalog.root.resolve()} has no {args.split} items to evaluate (it has {', '.join(splits)}); choose --split")
-    metrics, intervals = evaluate_model_with_intervals(model, catalog, args.split)
-    if args.json:  # each metric at the top level, as before; "ci95": its 95% bootstrap interval [low, high]
+    metrics, intervals = evaluate_model_with_intervals(model, catalog, args.split,
+                                                       reranker=RerankSettings() if args.reranker else None)
+    if args.json:  # each metric at the top level (re-ranked ones prefixed reranked_); "ci95": its 95% interval [low, high]
         ci95 = {name: [low, high] for name, (low, high) in intervals.items()}
         print(json.dumps({"checkpoint": str(model.checkpoint), "split": args.split, **metrics, "ci95": ci95}))
     else:
@@ -190,11 +192,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = _open_index(args)
     text = args.query if args.query or not args.image else None  # "" beside --image: a photo query
     weight = {} if args.text_weight is None else {"text_weight": args.text_weight}
-    hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank, room=args.room,
-                        **weight)[0]
+    hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank,
+                        reranker=args.reranker, **weight)[0]
     if args.json:
         print(json.dumps({"query": text, "image": args.image, "kind": args.kind, "k": args.k, "rerank": args.rerank,
-                          "room": args.room, "results": [hit.to_json() for hit in hits]}))
+                          "reranker": args.reranker, "results": [hit.to_json() for hit in hits]}))
         return 0
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {_hit_line(hit)}")
@@ -204,7 +206,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _hit_line(hit) -> str:
     match = f"  match {hit.rerank_score:.3f}" if hit.rerank_score is not None else ""
     details = ", ".join(str(v) for v in (hit.type, hit.color) if v and str(v) not in hit.title)  # a product title has both
-    rooms = f"  rooms: {' '.join(hit.rooms)}" if hit.rooms else ""  # goes-with's and a room search's evidence
+    rooms = f"  rooms: {' '.join(hit.rooms)}" if hit.rooms else ""  # goes-with's evidence
     return (f"{hit.score:.4f}{match}  {hit.kind:<7}  {hit.id:<14}  {hit.title}" + (f" ({details})" if details else "")
             + f"  {hit.image}{rooms}")
 
@@ -260,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--reranker", action="store_true",
+                   help="also report the text<->image figures with the query-time re-ranker (the training items' "
+                        "look-alike captions and room categories), apart from the embeddings' own")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("caption", help="describe furniture photos with the caption decoder")
@@ -325,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="search only this kind: room or product (default: all)")
     p.add_argument("--rerank", type=at_least(1), metavar="N", help="re-score the top N with the matching head (text queries)")
     p.add_argument("--text-weight", type=fraction, help="weight of the text in a photo+text query, 0 to 1 (default: the API's)")
-    p.add_argument("--room", action="store_true",
-                   help="the --image is a room: find its products, helped by the votes of the indexed rooms that look like it")
+    p.add_argument("--reranker", action="store_true",
+                   help="re-score the top hits with the query-time re-ranker: the indexed training items' look-alike "
+                        "captions and room categories (needs a text query)")
     p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import Catalog
+from ..ranking import RerankSettings
 from .bootstrap import bootstrap_intervals
 from .captioning import evaluate_captions
 from .reranking import evaluate_reranking
-from .retrieval import EmbeddingCache, chance_levels, metric_means, per_query_scores
+from .retrieval import RERANKED, EmbeddingCache, chance_levels, metric_means, per_query_scores
 
 Interval = tuple[float, float]
 
@@ -20,19 +21,20 @@ def evaluate_model(model, catalog: Catalog, split: str = "test", cache: Embeddin
     return _evaluate_model(model, catalog, split, cache)[0]
 
 
-def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
-                                  ) -> tuple[dict[str, float], dict[str, Interval]]:
-    """`evaluate_model`'s metrics, and the 95% bootstrap interval over the queries of each retrieval
+def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
+                                  reranker: RerankSettings | None = None) -> tuple[dict[str, float], dict[str, Interval]]:
+    """`evaluate_model`'s metrics (with `reranker`, also the text <-> image ones re-ranked by it,
+    prefixed `reranked_`), and the 95% bootstrap interval over the queries of each retrieval
     metric (eval/bootstrap.py); the heads' caption and re-ranking scores have none yet."""
-    metrics, scores = _evaluate_model(model, catalog, split, cache)
+    metrics, scores = _evaluate_model(model, catalog, split, cache, reranker)
     return metrics, bootstrap_intervals(scores)
 
 
-def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache | None
-                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache | None,
+                    reranker: RerankSettings | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The metrics, and the per-query scores of those that are means over queries."""
     cache = {} if cache is None else cache
-    scores = per_query_scores(model, catalog, split, cache)
+    scores = per_query_scores(model, catalog, split, cache, reranker)
     metrics = metric_means(scores)
     if model.model.decoder is not None and catalog.select(split, "product"):
         metrics.update(evaluate_captions(model, catalog, split, cache=cache)[0])
@@ -43,15 +45,19 @@ def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache |
 
 def format_report(metrics: dict[str, float], catalog: Catalog, split: str, intervals: dict[str, Interval] | None = None) -> str:
     """One line a metric: its value, its 95% interval when `intervals` has one ("0.488 [0.436, 0.541]"),
-    and its chance level when it has one."""
+    and its chance level when it has one. The re-ranked metrics, when there are any, follow in a
+    block of their own, under their names without the prefix."""
     chance = chance_levels(catalog, split)
     intervals = intervals or {}
     blank = " " * len(" [0.000, 0.000]") if intervals else ""
 
-    def interval(key: str) -> str:
-        return f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else blank
+    def line(key: str, name: str) -> str:
+        low_high = f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else blank
+        return f"  {name:36s} {metrics[key]:.3f}{low_high}" + (f"   (chance {chance[name]:.3f})" if name in chance else "")
 
-    return "\n".join(
-        f"  {key:36s} {value:.3f}{interval(key)}" + (f"   (chance {chance[key]:.3f})" if key in chance else "")
-        for key, value in metrics.items()
-    )
+    lines = [line(key, key) for key in metrics if not key.startswith(RERANKED)]
+    reranked = [line(key, key.removeprefix(RERANKED)) for key in metrics if key.startswith(RERANKED)]
+    if reranked:
+        lines += ["re-ranked at query time by the training items' look-alike captions and room categories (--reranker):",
+                  *reranked]
+    return "\n".join(lines)

@@ -1,15 +1,16 @@
 """Retrieval metrics on a catalog split, for any encoder with encode_images / encode_texts.
 
-Product queries are catalog captions; products that share a caption are indistinguishable by
-it, so any of them counts as a hit. Text <-> image rankings add, for an encoder with
-`lookalike_texts`, the query's cosine with the captions of the training images like the gallery
-image (models/lookalike.py); room title -> image, for an encoder with `room_categories`, also the
-chance that title and photo name the same kind of room (models/room_category.py). Room photo ->
-products searches every product and scores the share of the room's listed products found in the
-top K, each product scored by its photo and its catalog caption, and by the votes of the training
-rooms like the photo. Room photos are also classified by kind of room, against prompts named after
-the categories (`room_category_acc`) and against paraphrases no training text contains
-(`room_category_zeroshot_acc`, the zero-shot figure).
+The figures are those of the embeddings themselves: every ranking is by cosine (`queries @
+gallery.T`). Product queries are catalog captions; products that share a caption are
+indistinguishable by it, so any of them counts as a hit. Room photo -> products searches every
+product and scores the share of the room's listed products found in the top K, each product
+scored by its photo and its catalog caption. Room photos are also classified by kind of room,
+against prompts named after the categories (`room_category_acc`) and against paraphrases no
+training text contains (`room_category_zeroshot_acc`, the zero-shot figure).
+
+With a re-ranker (`reranker=RerankSettings()`, `vislang eval --reranker`) the text <-> image
+figures are computed a second time with its query-time terms (vislang/ranking/), read from the
+catalog's training items, and reported apart, under names prefixed `reranked_`.
 
 Every metric is the mean over queries of a per-query score (`per_query_scores`), whose 95%
 bootstrap interval `evaluate_with_intervals` gives (eval/bootstrap.py).
@@ -22,9 +23,11 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..data.catalog import Catalog, Item, category_prompt
-from ..models.hubness import PLAIN_COSINE_KINDS
-from ..models.room_category import ROOM_KIND
+from ..ranking import Bank, RerankSettings, Reranker
+from ..ranking.room_category import ROOM_KIND
 from .bootstrap import bootstrap_intervals
+
+RERANKED = "reranked_"  # the prefix of the figures computed with the re-ranker
 
 
 class Encoder(Protocol):
@@ -67,21 +70,6 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
 EmbeddingCache = dict[Path | str, np.ndarray]
 
 
-def ranking_scores(encoder: Encoder, queries: np.ndarray, gallery: np.ndarray, gallery_modality: str,
-                   gallery_kind: str = "product", lookalikes: np.ndarray | None = None) -> np.ndarray:
-    """queries @ gallery.T, less the encoder's hubness penalty of each gallery item when it has one
-    (models/hubness.py); an encoder without `hubness_penalty` (the open_clip baseline) and the
-    kinds in `PLAIN_COSINE_KINDS` (rooms) rank by cosine. `lookalikes` (`lookalike_texts` of the
-    images, gallery or queries) adds each text's cosine with its image's look-alike captions."""
-    scores = queries @ gallery.T
-    if lookalikes is not None:
-        scores = scores + (queries @ lookalikes.T if gallery_modality == "image" else lookalikes @ gallery.T)
-    penalty = getattr(encoder, "hubness_penalty", None)
-    if penalty is None or gallery_kind in PLAIN_COSINE_KINDS:
-        return scores
-    return scores - penalty(gallery, gallery_modality)[None, :]
-
-
 def image_embeddings(encoder: Encoder, items: list[Item], cache: EmbeddingCache) -> np.ndarray:
     """Embeddings of the items' images, encoding only those not already in `cache`."""
     return _cached(encoder.encode_images, [item.image for item in items], cache)
@@ -103,14 +91,16 @@ def _cached(encode, keys: list, cache: EmbeddingCache) -> np.ndarray:
 
 
 def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
-    """Every retrieval metric the project reports, on one split of a catalog."""
+    """Every retrieval metric the project reports, on one split of a catalog: the embeddings' own figures."""
     return metric_means(per_query_scores(encoder, catalog, split, cache))
 
 
-def evaluate_with_intervals(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
+def evaluate_with_intervals(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
+                            reranker: RerankSettings | None = None
                             ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """`evaluate`'s metrics, and each one's 95% bootstrap interval over the queries (eval/bootstrap.py)."""
-    scores = per_query_scores(encoder, catalog, split, cache)
+    """`evaluate`'s metrics (and with `reranker` the re-ranked ones), and each one's 95% bootstrap
+    interval over the queries (eval/bootstrap.py)."""
+    scores = per_query_scores(encoder, catalog, split, cache, reranker)
     return metric_means(scores), bootstrap_intervals(scores)
 
 
@@ -119,133 +109,98 @@ def metric_means(per_query: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(np.mean(scores)) for name, scores in per_query.items()}
 
 
-def per_query_scores(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None
-                     ) -> dict[str, np.ndarray]:
+def per_query_scores(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
+                     reranker: RerankSettings | None = None) -> dict[str, np.ndarray]:
     """Every retrieval metric `evaluate` reports, as its per-query scores [Q] (their mean is the
     metric): a 0/1 hit per query for R@k and the room categories, the share of the room's products
-    found for room photo -> products."""
-    metrics: dict[str, np.ndarray] = {}
+    found for room photo -> products. With `reranker`, also the text <-> image metrics with its
+    terms, named with the prefix `RERANKED`."""
     cache = {} if cache is None else cache
+    metrics = text_image_scores(encoder, catalog, split, cache)
+    rooms = catalog.select(split, "room")
+    if rooms:
+        room_images = image_embeddings(encoder, rooms, cache)
+        metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
+        metrics.update(_room_categories(encoder, catalog, rooms, room_images, cache))
+    if reranker is not None:
+        reranked = text_image_scores(encoder, catalog, split, cache, catalog_reranker(encoder, catalog, cache, reranker))
+        metrics.update({RERANKED + name: hits for name, hits in reranked.items()})
+    return metrics
+
+
+def text_image_scores(encoder: Encoder, catalog: Catalog, split: str, cache: EmbeddingCache,
+                      reranker: Reranker | None = None) -> dict[str, np.ndarray]:
+    """Per-query hits of product text -> image and image -> text R@1/5/10 and room title -> image
+    R@1/5: by cosine, plus the `reranker`'s terms when given."""
+    metrics: dict[str, np.ndarray] = {}
     products = catalog.select(split, "product") or catalog.select(split, "image")
     if products:
         images = image_embeddings(encoder, products, cache)
         texts = text_embeddings(encoder, [item.caption for item in products], cache)
-        truth = _same_caption_truth(products)
-        borrowed = lookalike_texts(encoder, catalog, products, images, cache)
-        for k, hits in recall_hits(ranking_scores(encoder, texts, images, "image", lookalikes=borrowed), truth, (1, 5, 10)).items():
+        truth, kind, keys = _same_caption_truth(products), products[0].kind, _keys(products)
+        text2image, image2text = texts @ images.T, images @ texts.T
+        if reranker is not None:
+            text2image = reranker.text_to_image(text2image, texts, images, kind, image_keys=keys)
+            image2text = reranker.image_to_text(image2text, images, texts, kind, image_keys=keys)
+        for k, hits in recall_hits(text2image, truth, (1, 5, 10)).items():
             metrics[f"product_text2image_r{k}"] = hits
-        for k, hits in recall_hits(ranking_scores(encoder, images, texts, "text", lookalikes=borrowed), truth, (1, 5, 10)).items():
+        for k, hits in recall_hits(image2text, truth, (1, 5, 10)).items():
             metrics[f"product_image2text_r{k}"] = hits
     rooms = catalog.select(split, "room")
     if rooms:
-        room_images = image_embeddings(encoder, rooms, cache)
+        images = image_embeddings(encoder, rooms, cache)
         titles = text_embeddings(encoder, [item.caption for item in rooms], cache)
-        title2image = text_to_image_scores(encoder, catalog, titles, rooms, room_images, cache, text_items=rooms)
+        title2image = titles @ images.T
+        if reranker is not None:  # the titles are the rooms' own: a training room lends neither to itself
+            title2image = reranker.text_to_image(title2image, titles, images, ROOM_KIND, _keys(rooms), _keys(rooms))
         for k, hits in recall_hits(title2image, _same_caption_truth(rooms), (1, 5)).items():
             metrics[f"room_title2image_r{k}"] = hits
-        metrics.update(_room_to_products(encoder, catalog, rooms, room_images, cache))
-        metrics.update(_room_categories(encoder, catalog, rooms, room_images, cache))
     return metrics
 
 
-def text_to_image_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, items: list[Item], images: np.ndarray,
-                         cache: EmbeddingCache, text_items: list[Item] | None = None) -> np.ndarray:
-    """[T, N]: how `vislang eval` ranks the images [N, D] of `items` (all of one kind) for texts
-    [T, D]: `ranking_scores` with the images' look-alike captions, and for rooms the chance that
-    text and photo name the same kind of room (`room_category_scores`; `text_items`: the catalog
-    items whose titles the texts are, if they are)."""
-    kind = items[0].kind if items else "product"
-    scores = ranking_scores(encoder, texts, images, "image", kind, lookalike_texts(encoder, catalog, items, images, cache))
-    agreement = room_category_scores(encoder, catalog, texts, items, images, cache, text_items) if kind == ROOM_KIND else None
-    return scores if agreement is None else scores + agreement
+def catalog_reranker(encoder: Encoder, catalog: Catalog, cache: EmbeddingCache | None = None,
+                     settings: RerankSettings = RerankSettings()) -> Reranker:
+    """The re-ranker whose banks are the catalog's training items of each kind (vislang/ranking/)."""
+    cache = {} if cache is None else cache
+    banks = {}
+    for kind in dict.fromkeys(item.kind for item in catalog.select("train")):
+        items = catalog.select("train", kind)
+        categories = tuple(item.meta.get("category") for item in items) if kind == ROOM_KIND else ()
+        banks[kind] = Bank(image_embeddings(encoder, items, cache),
+                           text_embeddings(encoder, [item.caption for item in items], cache), _keys(items), categories)
+    return Reranker(banks, settings)
 
 
-def lookalike_texts(encoder: Encoder, catalog: Catalog, items: list[Item], images: np.ndarray,
-                    cache: EmbeddingCache) -> np.ndarray | None:
-    """The encoder's look-alike caption vectors [N, D] of the items' images (models/lookalike.py),
-    from the catalog's training items of their kind; None for an encoder without `lookalike_texts`
-    (the open_clip baseline) or with it off. An item that is a training item never borrows its own caption."""
-    borrow = getattr(encoder, "lookalike_texts", None)
-    bank = catalog.select("train", items[0].kind) if items else []
-    if borrow is None or not bank:
-        return None
-    return borrow(images, image_embeddings(encoder, bank, cache), text_embeddings(encoder, [item.caption for item in bank], cache),
-                  _themselves(items, bank))
-
-
-def room_category_scores(encoder: Encoder, catalog: Catalog, texts: np.ndarray, rooms: list[Item], room_images: np.ndarray,
-                         cache: EmbeddingCache, text_items: list[Item] | None = None) -> np.ndarray | None:
-    """[T, R]: what the encoder's `room_categories` adds to texts' [T, D] scores for the photos
-    [R, D] of `rooms`: weight x sum_c P(c | text) P(c | photo) (models/room_category.py), both from
-    the catalog's training rooms, leaving out a training room's own photo and, when the texts are
-    the titles of `text_items`, its own title. None for an encoder without it (the open_clip
-    baseline) or with it off."""
-    classify = getattr(encoder, "room_categories", None)
-    bank = [room for room in catalog.select("train", ROOM_KIND) if room.meta.get("category")]
-    if classify is None or not bank:
-        return None
-    categories = sorted({room.meta["category"] for room in bank})
-    labels = np.array([categories.index(room.meta["category"]) for room in bank])
-    by_text = classify(texts, text_embeddings(encoder, [room.caption for room in bank], cache), labels, len(categories),
-                       "text", None if text_items is None else _themselves(text_items, bank))
-    if by_text is None:
-        return None
-    by_photo = classify(room_images, image_embeddings(encoder, bank, cache), labels, len(categories), "image",
-                        _themselves(rooms, bank))
-    return by_text @ by_photo.T
-
-
-def _themselves(items: list[Item], bank: list[Item]) -> np.ndarray:
-    """[N, B] bool: where bank item b is item n itself (the same image), which must not lend it anything."""
-    row = {item.image: b for b, item in enumerate(bank)}
-    mask = np.zeros((len(items), len(bank)), bool)
-    for n, item in enumerate(items):
-        if item.image in row:
-            mask[n, row[item.image]] = True
-    return mask
+def _keys(items: list[Item]) -> tuple[Path, ...]:
+    """The items' identities for the re-ranker: their images, as its banks name them."""
+    return tuple(item.image for item in items)
 
 
 def _room_to_products(encoder, catalog, rooms, room_images, cache) -> dict[str, np.ndarray]:
     """Room photo -> products R@50 (per room) over every product of the catalog, each product scored as
-    `room_product_scores` says; `room2products_embed_r50` leaves the votes out,
-    `room2product_photos_r50` scores the photo alone."""
+    `room_product_scores` says; `room2product_photos_r50` scores the photo alone."""
     gallery = catalog.select(None, "product")
     position = {item.id: i for i, item in enumerate(gallery)}
     with_truth = [(r, {position[p] for p in room.links if p in position}) for r, room in enumerate(rooms)]
     with_truth = [(r, truth) for r, truth in with_truth if truth]
     if not gallery or not with_truth:
         return {}
-    scores = room_product_scores(encoder, catalog, [rooms[r] for r, _ in with_truth],
-                                 room_images[[r for r, _ in with_truth]], cache)
+    scores = room_product_scores(encoder, catalog, room_images[[r for r, _ in with_truth]], cache)
     truth = [t for _, t in with_truth]
-    embedded = scores["photos"] + scores["captions"]
-    return {"room2products_r50": coverage_per_query(embedded + scores["votes"], truth, 50),
-            "room2products_embed_r50": coverage_per_query(embedded, truth, 50),
+    return {"room2products_r50": coverage_per_query(scores["photos"] + scores["captions"], truth, 50),
             "room2product_photos_r50": coverage_per_query(scores["photos"], truth, 50)}
 
 
-def room_product_scores(encoder: Encoder, catalog: Catalog, rooms: list[Item], room_images: np.ndarray,
+def room_product_scores(encoder: Encoder, catalog: Catalog, room_images: np.ndarray,
                         cache: EmbeddingCache | None = None) -> dict[str, np.ndarray]:
     """Each room photo's scores [Q, P] for every product of the catalog (in `catalog.select(None,
     "product")` order), whose sum ranks them: "photos", the cosine with the product's photo;
     "captions", with its catalog caption (training makes a room a positive for the texts of the
-    products it shows, as for their photos); "votes", from the catalog's training rooms that look
-    like the photo, for an encoder with `room_vote` (models/room_vote.py; zeros otherwise). A room
-    never votes for itself (when the rooms are training rooms)."""
+    products it shows, as for their photos)."""
     cache = {} if cache is None else cache
     gallery = catalog.select(None, "product")
-    photos = room_images @ image_embeddings(encoder, gallery, cache).T
-    captions = room_images @ text_embeddings(encoder, [item.caption for item in gallery], cache).T
-    vote = getattr(encoder, "room_vote", None)
-    position = {item.id: i for i, item in enumerate(gallery)}
-    bank = [room for room in catalog.select("train", "room") if any(p in position for p in room.links)]
-    votes = None
-    if vote is not None and bank:
-        links = np.zeros((len(bank), len(gallery)), np.float32)
-        for r, room in enumerate(bank):
-            links[r, [position[p] for p in room.links if p in position]] = 1
-        votes = vote(room_images, image_embeddings(encoder, bank, cache), links, _themselves(rooms, bank))
-    return {"photos": photos, "captions": captions, "votes": np.zeros_like(photos) if votes is None else votes}
+    return {"photos": room_images @ image_embeddings(encoder, gallery, cache).T,
+            "captions": room_images @ text_embeddings(encoder, [item.caption for item in gallery], cache).T}
 
 
 # IKEA room category (lower case) -> a paraphrase for the zero-shot prompt "a photo of {paraphrase}".
@@ -308,8 +263,7 @@ def chance_levels(catalog: Catalog, split: str = "test") -> dict[str, float]:
     if rooms:
         out["room_title2image_r5"] = min(1.0, 5 / len(rooms))
         every_product = len(catalog.select(None, "product"))
-        out["room2products_r50"] = out["room2products_embed_r50"] = out["room2product_photos_r50"] = \
-            min(1.0, 50 / max(1, every_product))
+        out["room2products_r50"] = out["room2product_photos_r50"] = min(1.0, 50 / max(1, every_product))
     return out
 
 

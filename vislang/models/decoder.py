@@ -8,18 +8,9 @@ layer's cross-attention keys/values once (`DecoderMemory`), and `step` feeds one
 token per sequence, keeping each layer's self-attention keys/values in a `KVCache` so a
 step costs one position instead of the whole prefix. `reorder` selects rows of either
 state, which is what beam search needs. Decoding loops live in `generate.py`.
-
-With `copy=True` (pointer-generator, See et al. 2017) the decoder may also copy a token of its
-memory: `copy_ids` [B, N] names the vocabulary id each memory position stands for (pad_id: an
-image token, nothing to copy; BOS is never copied). A pointer attention over those positions
-and a gate mix the copy distribution into the vocabulary softmax, and the decoder returns
-log-probabilities instead of logits; both normalise the same under log_softmax, so the loss and every decoding
-mode use either unchanged. It is what lets a small decoder write a retrieved product name
-("BILLY") in a few hundred steps, where generating it needs the name learned as a class.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,19 +20,15 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class DecoderMemory:
-    """Per-layer cross-attention keys and values of the image tokens, each [B, heads, N, head_dim],
-    and for a copying decoder the pointer's keys [B, N, width] and the ids it can copy [B, N]."""
+    """Per-layer cross-attention keys and values of the image tokens, each [B, heads, N, head_dim]."""
 
     keys: tuple[Tensor, ...]
     values: tuple[Tensor, ...]
-    copy_keys: Tensor | None = None
-    copy_ids: Tensor | None = None
 
     def index_select(self, index: Tensor) -> DecoderMemory:
         return DecoderMemory(
             tuple(k.index_select(0, index) for k in self.keys),
             tuple(v.index_select(0, index) for v in self.values),
-            *(None if t is None else t.index_select(0, index) for t in (self.copy_keys, self.copy_ids)),
         )
 
 
@@ -141,43 +128,6 @@ class _Block(nn.Module):
         return x, kv
 
 
-class _Pointer(nn.Module):
-    """Copy attention over the memory and the gate between copying and generating."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width)
-        self.gate = nn.Linear(width, 1)
-        # A name is several word pieces ("mel", "##odi"): once one is copied, the piece after it in
-        # the same caption should follow, not a piece of another neighbour's name ("mel" + "##irvel").
-        # This score bonus for "the memory token whose predecessor is the token just written"
-        # starts as that prior and is learned from there.
-        self.continue_bonus = nn.Parameter(torch.tensor(2.0))
-
-    def forward(self, hidden: Tensor, logits: Tensor, input_ids: Tensor, keys: Tensor, copy_ids: Tensor,
-                special: tuple[int, int]) -> Tensor:
-        """Log-probabilities [B, T, V]: gate * softmax(logits) + (1 - gate) * attention mass per memory id.
-
-        input_ids [B, T] are the tokens just written at each position; special is (pad_id, bos_id),
-        never copied."""
-        # a sum of probabilities: kept out of half precision
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
-        hidden, logits = hidden.to(dtype), logits.to(dtype)
-        scores = self.query(hidden) @ keys.to(dtype).transpose(1, 2) / math.sqrt(hidden.shape[-1])
-        previous = torch.cat([torch.full_like(copy_ids[:, :1], special[0]), copy_ids[:, :-1]], dim=1)
-        scores = scores + self.continue_bonus * (previous[:, None, :] == input_ids[:, :, None]).to(dtype)
-        copyable = ((copy_ids != special[0]) & (copy_ids != special[1]))[:, None, :]
-        attention = scores.masked_fill(~copyable, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
-        index = copy_ids[:, None, :].expand(-1, hidden.shape[1], -1)
-        copied = torch.zeros_like(logits).scatter_add_(2, index, attention)
-        gate = self.gate(hidden)
-        generated = F.log_softmax(logits, dim=-1)
-        mixed = torch.logaddexp(generated + F.logsigmoid(gate), torch.log(copied.clamp(min=1e-30)) + F.logsigmoid(-gate))
-        # a row with nothing to copy would lose the copy branch's share of the mass: it generates alone
-        return torch.where(~copyable.any(dim=-1, keepdim=True), generated, mixed)
-
-
 class CaptionDecoder(nn.Module):
     """Causal transformer decoder with cross-attention to image tokens [B, N, image_width]."""
 
@@ -193,7 +143,6 @@ class CaptionDecoder(nn.Module):
         bos_id: int = 101,
         eos_id: int = 102,
         dropout: float = 0.0,
-        copy: bool = False,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -214,25 +163,14 @@ class CaptionDecoder(nn.Module):
         self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.drop = nn.Dropout(dropout)
-        self.pointer = _Pointer(width) if copy else None
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
 
-    def encode_image(self, image_tokens: Tensor, copy_ids: Tensor | None = None) -> DecoderMemory:
-        """Project image tokens [B, N, C] once and precompute every layer's cross-attention keys/values.
-
-        copy_ids [B, N]: the id each memory position may be copied as (pad_id: none); used only by
-        a decoder built with copy=True."""
+    def encode_image(self, image_tokens: Tensor) -> DecoderMemory:
+        """Project image tokens [B, N, C] once and precompute every layer's cross-attention keys/values."""
         memory = self.image_norm(self.image_proj(image_tokens.to(self.image_proj.weight.dtype)))
         kvs = [block.cross_attn.keys_values(memory) for block in self.blocks]
-        copy_keys = None
-        if self.pointer is not None and copy_ids is not None:
-            if copy_ids.shape != image_tokens.shape[:2]:
-                raise ValueError(f"copy_ids {tuple(copy_ids.shape)} must name one id per memory token {tuple(image_tokens.shape[:2])}")
-            copy_keys = self.pointer.key(memory)
-        else:
-            copy_ids = None
-        return DecoderMemory(tuple(k for k, _ in kvs), tuple(v for _, v in kvs), copy_keys, copy_ids)
+        return DecoderMemory(tuple(k for k, _ in kvs), tuple(v for _, v in kvs))
 
     def _decode(
         self, input_ids: Tensor, memory: DecoderMemory, cache: KVCache | None
@@ -248,25 +186,20 @@ class CaptionDecoder(nn.Module):
             x, (k, v) = block(x, memory.keys[i], memory.values[i], past)
             keys.append(k)
             values.append(v)
-        hidden = self.norm(x)
-        logits = F.linear(hidden, self.token_embed.weight)
-        if memory.copy_ids is not None:
-            logits = self.pointer(hidden, logits, input_ids, memory.copy_keys, memory.copy_ids, (self.pad_id, self.bos_id))
+        logits = F.linear(self.norm(x), self.token_embed.weight)
         return logits, KVCache(tuple(keys), tuple(values))
 
-    def forward(self, input_ids: Tensor, image_tokens: Tensor, copy_ids: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits [B, T, V] for input_ids [B, T] (position t sees ids[:, :t+1]).
-
-        A copying decoder given copy_ids returns log-probabilities (see the module docstring)."""
-        logits, _ = self._decode(input_ids, self.encode_image(image_tokens, copy_ids), None)
+    def forward(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
+        """Teacher-forced logits [B, T, V] for input_ids [B, T] (position t sees ids[:, :t+1])."""
+        logits, _ = self._decode(input_ids, self.encode_image(image_tokens), None)
         return logits
 
-    def loss(self, image_tokens: Tensor, target_ids: Tensor, copy_ids: Tensor | None = None) -> Tensor:
+    def loss(self, image_tokens: Tensor, target_ids: Tensor) -> Tensor:
         """Next-token cross-entropy, averaged over the non-pad target tokens of the batch.
 
         target_ids [B, T] are whole captions: BOS, tokens, EOS, then pad_id.
         """
-        logits = self(target_ids[:, :-1], image_tokens, copy_ids)
+        logits = self(target_ids[:, :-1], image_tokens)
         # softmax over ~30k classes is too coarse in half precision
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         targets = target_ids[:, 1:]

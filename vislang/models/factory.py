@@ -16,9 +16,7 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     The tokenizer comes first: the caption decoder's vocabulary and special ids are its. A decoder
     with `vocab: captions` predicts only the tokens of `captions` (the training captions); their
     ids are written into the model's config (`model.cfg`), which checkpoints save, so a reload
-    needs no captions. A decoder that retrieves (`neighbours` > 0) stores the captions themselves
-    (`models/neighbours.py`), as weights; so does the hubness correction's query bank
-    (`models/hubness.py`), filled at the end of training.
+    needs no captions.
     """
     text = model_cfg["text"]
     source = resolve_text_source(text["name"]) if text["kind"] == "hf" else text["name"]
@@ -27,18 +25,7 @@ def create_model(model_cfg: dict[str, Any], captions: Sequence[str] | None = Non
     builds_vocab = decoder["enabled"] and decoder["vocab"] == "captions" and not decoder["token_ids"]
     if builds_vocab and not captions:
         raise ValueError("model.decoder.vocab=captions needs the training captions to build its vocabulary")
-    retrieves = bool(decoder["enabled"] and decoder["neighbours"] and captions)
-    caption_ids = tokenizer(list(captions))[0] if builds_vocab or retrieves else None
-    banks = bool(model_cfg["hubness"]["weight"] and captions)
-    if builds_vocab or retrieves or banks:
-        model_cfg = copy.deepcopy(model_cfg)
     if builds_vocab:
-        model_cfg["decoder"]["token_ids"] = caption_token_ids(caption_ids.tolist(), tokenizer.special_ids)
-    if retrieves:
-        model_cfg["decoder"]["store_size"] = len(captions)
-    if banks:
-        model_cfg["hubness"]["bank_size"] = len(captions)
-    model = VisLangModel(model_cfg, tokenizer.special_ids)
-    if retrieves:
-        model.neighbours.set_captions(model.caption_vocab.to_decoder(caption_ids))
-    return model, tokenizer
+        model_cfg = copy.deepcopy(model_cfg)
+        model_cfg["decoder"]["token_ids"] = caption_token_ids(tokenizer(list(captions))[0].tolist(), tokenizer.special_ids)
+    return VisLangModel(model_cfg, tokenizer.special_ids), tokenizer

@@ -21,11 +21,11 @@ from .decoder import CaptionDecoder, DecoderMemory, KVCache
 class _Stepper:
     """Next-token logits for a growing batch of prefixes, with or without the cache."""
 
-    def __init__(self, decoder: CaptionDecoder, image_tokens: Tensor, copy_ids: Tensor | None, use_cache: bool) -> None:
+    def __init__(self, decoder: CaptionDecoder, image_tokens: Tensor, use_cache: bool) -> None:
         self.decoder = decoder
         self.use_cache = use_cache
-        self.image_tokens, self.copy_ids = image_tokens, copy_ids
-        self.memory: DecoderMemory | None = decoder.encode_image(image_tokens, copy_ids) if use_cache else None
+        self.image_tokens = image_tokens
+        self.memory: DecoderMemory | None = decoder.encode_image(image_tokens) if use_cache else None
         self.cache: KVCache | None = None
 
     def expand(self, index: Tensor) -> None:
@@ -34,12 +34,10 @@ class _Stepper:
             self.memory = self.decoder.reorder(self.memory, index)
         else:
             self.image_tokens = self.image_tokens.index_select(0, index)
-            if self.copy_ids is not None:
-                self.copy_ids = self.copy_ids.index_select(0, index)
 
     def logits(self, ids: Tensor) -> Tensor:
         if not self.use_cache:
-            return self.decoder(ids, self.image_tokens, self.copy_ids)[:, -1]
+            return self.decoder(ids, self.image_tokens)[:, -1]
         logits, self.cache = self.decoder.step(ids[:, -1:], self.memory, self.cache)
         return logits
 
@@ -72,7 +70,6 @@ def _strip(rows: Tensor, eos_id: int) -> list[list[int]]:
 def _greedy_or_sample(
     decoder: CaptionDecoder,
     image_tokens: Tensor,
-    copy_ids: Tensor | None,
     max_length: int,
     do_sample: bool,
     top_p: float,
@@ -81,7 +78,7 @@ def _greedy_or_sample(
     generator: torch.Generator | None,
 ) -> list[list[int]]:
     b = image_tokens.shape[0]
-    stepper = _Stepper(decoder, image_tokens, copy_ids, use_cache)
+    stepper = _Stepper(decoder, image_tokens, use_cache)
     ids = torch.full((b, 1), decoder.bos_id, dtype=torch.long, device=image_tokens.device)
     finished = torch.zeros(b, dtype=torch.bool, device=image_tokens.device)
     for _ in range(max_length):
@@ -101,7 +98,6 @@ def _greedy_or_sample(
 def _beam_search(
     decoder: CaptionDecoder,
     image_tokens: Tensor,
-    copy_ids: Tensor | None,
     max_length: int,
     num_beams: int,
     length_penalty: float,
@@ -111,7 +107,7 @@ def _beam_search(
     b, k, device = image_tokens.shape[0], num_beams, image_tokens.device
     if k > decoder.vocab_size:
         raise ValueError(f"num_beams {k} exceeds the vocabulary size {decoder.vocab_size}")
-    stepper = _Stepper(decoder, image_tokens, copy_ids, use_cache)
+    stepper = _Stepper(decoder, image_tokens, use_cache)
     stepper.expand(torch.arange(b, device=device).repeat_interleave(k))
     ids = torch.full((b * k, 1), decoder.bos_id, dtype=torch.long, device=device)
     # all beams start as the same BOS prefix: only beam 0 may expand at first, or the
@@ -152,7 +148,6 @@ def _beam_search(
 def generate(
     decoder: CaptionDecoder,
     image_tokens: Tensor,
-    copy_ids: Tensor | None = None,
     *,
     max_length: int = 32,
     num_beams: int = 1,
@@ -168,8 +163,6 @@ def generate(
 
     Beam search can return each image's `num_return_sequences` best hypotheses, best first, image
     after image (B * n rows).
-
-    copy_ids [B, N]: what each memory token may be copied as, for a decoder built with copy=True.
 
     Modes: greedy (num_beams=1, do_sample=False); beam search (num_beams > 1, ranking by
     sum log-prob / length ** length_penalty, see the module docstring); nucleus sampling
@@ -195,10 +188,10 @@ def generate(
     decoder.eval()
     try:
         if num_beams > 1:
-            return _beam_search(decoder, image_tokens, copy_ids, max_length, num_beams, length_penalty, use_cache,
+            return _beam_search(decoder, image_tokens, max_length, num_beams, length_penalty, use_cache,
                                 num_return_sequences)
         return _greedy_or_sample(
-            decoder, image_tokens, copy_ids, max_length, do_sample, top_p, temperature, use_cache, generator
+            decoder, image_tokens, max_length, do_sample, top_p, temperature, use_cache, generator
         )
     finally:
         decoder.train(was_training)

@@ -6,11 +6,7 @@ image tokens, and an MLP. The pooled text state goes through Linear(width, 1). W
 contrastive logit (temperature-scaled cosine similarity) is given, it is added with a learned
 weight: the head then learns a correction to the contrastive score, which is what re-ranking
 the contrastive top hits needs, instead of relearning the whole score from a few coarse image
-tokens. With `overlap_ranks` k > 0 the head also holds `overlap_weights` [k]: how much the share
-of the text's tokens found in the captions of the image's 1..k nearest training images
-(`CaptionNeighbours.overlap`) adds to its logit (`VisLang.match`). The product name a query starts
-with is in no photo, but it is in the captions of the photo's look-alikes when they are of the same
-family. The weights are fitted on val after training, not learned (eval/reranking.py says why).
+tokens.
 
 Pooling is the masked mean over real text tokens, not the first position. The text towers do
 not agree on what sits at position 0: an HF encoder puts [CLS] there, but the open_clip text
@@ -58,7 +54,6 @@ class MatchingHead(nn.Module):
         layers: int = 2,
         heads: int = 4,
         dropout: float = 0.0,
-        overlap_ranks: int = 0,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -72,7 +67,6 @@ class MatchingHead(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, 1)
         self.similarity_weight = nn.Parameter(torch.tensor(1.0))
-        self.register_buffer("overlap_weights", torch.zeros(overlap_ranks) if overlap_ranks else None)
 
     def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor,
                 similarity: torch.Tensor | None = None) -> torch.Tensor:

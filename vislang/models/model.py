@@ -18,8 +18,6 @@ from .color import ColorHistogram
 from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
 from .matching import MatchingHead
-from .hubness import QueryBank
-from .neighbours import CaptionNeighbours
 from .text_tower import create_text_tower
 from .vocab import CaptionVocab
 
@@ -50,33 +48,22 @@ class VisLangModel(nn.Module):
         if self.lexical is not None:
             nn.init.zeros_(self.lexical.weight)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg["init_temperature"])))
-        self.matching = self.decoder = self.caption_vocab = self.summary = self.neighbours = None
+        self.matching = self.decoder = self.caption_vocab = self.summary = None
         if cfg["matching"]["enabled"] or cfg["decoder"]["enabled"]:
             # A small convnet's last feature map has only a few coarse tokens; the embedding adds
             # what the contrastive objective learned (colour included) as one more token.
             self.summary = nn.Linear(cfg["embed_dim"], self.image_tower.token_width)
         if cfg["matching"]["enabled"]:
-            m, d = cfg["matching"], cfg["decoder"]
-            if m["neighbour_overlap"] and not (d["enabled"] and d["neighbours"]):
-                raise ConfigError("model.matching.neighbour_overlap reads the decoder's retrieved captions: "
-                                 "set model.decoder.enabled=true and model.decoder.neighbours > 0")
+            m = cfg["matching"]
             self.matching = MatchingHead(self.text_tower.token_width, self.image_tower.token_width, m["width"], m["layers"],
-                                         m["heads"], overlap_ranks=d["neighbours"] if m["neighbour_overlap"] else 0)
+                                         m["heads"])
         if cfg["decoder"]["enabled"]:
             d = cfg["decoder"]
             token_ids = d["token_ids"] or list(range(special_ids["vocab_size"]))
             self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
             self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
-                                          heads=d["heads"], max_length=d["max_length"], copy=d["copy"],
+                                          heads=d["heads"], max_length=d["max_length"],
                                           **self.caption_vocab.special_ids(special_ids))
-            if d["copy"] and not d["neighbours"]:
-                raise ConfigError("model.decoder.copy copies from retrieved captions: set model.decoder.neighbours > 0")
-            if d["neighbours"]:
-                self.neighbours = CaptionNeighbours(d["store_size"], d["max_length"], d["neighbours"], len(self.caption_vocab),
-                                                    self.image_tower.token_width, cfg["embed_dim"], self.decoder.pad_id)
-        hub = cfg["hubness"]
-        self.query_bank = QueryBank(hub["bank_size"], cfg["embed_dim"], hub["k"], hub["weight"]) \
-            if hub["weight"] and hub["bank_size"] else None
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
@@ -111,29 +98,9 @@ class VisLangModel(nn.Module):
         tokens, emb = self.image_features(pixels)
         return self.head_memory(tokens, emb), emb
 
-    def decoder_memory(self, memory: torch.Tensor, image_emb: torch.Tensor,
-                       exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The head memory, followed by the nearest training captions' tokens when the decoder retrieves,
-        and the ids a copying decoder may copy from it ([B, N], pad for the image tokens; None without).
-
-        `exclude` [B]: each row's own training item, never its own neighbour."""
-        if self.neighbours is None:
-            return memory, None
-        tokens, ids = self.neighbours(image_emb, exclude)
-        image_ids = torch.full(memory.shape[:2], self.decoder.pad_id, dtype=ids.dtype, device=ids.device)
-        return torch.cat([memory, tokens.to(memory.dtype)], dim=1), torch.cat([image_ids, ids], dim=1)
-
-    def neighbour_overlap(self, image_emb: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor | None:
-        """[B_images, B_texts, k] overlap of texts (tokenizer ids) with the images' neighbours' captions,
-        for a matching head that reads it; else None."""
-        if self.matching is None or self.matching.overlap_weights is None:
-            return None
-        ignore = torch.tensor([self.decoder.pad_id, self.decoder.bos_id, self.decoder.eos_id], device=text_ids.device)
-        return self.neighbours.overlap(image_emb, self.caption_vocab.to_decoder(text_ids), ignore)
-
     def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by objective: each head's own, and the rest (towers, projections, temperature)."""
-        heads = {"matching": self.matching, "decoder": self.decoder, "summary": self.summary, "neighbours": self.neighbours}
+        heads = {"matching": self.matching, "decoder": self.decoder, "summary": self.summary}
         owned = {id(p) for m in heads.values() if m is not None for p in m.parameters()}
         parts = {name: [p for p in m.parameters() if p.requires_grad] for name, m in heads.items() if m is not None}
         parts["towers"] = [p for p in self.parameters() if p.requires_grad and id(p) not in owned]
@@ -145,10 +112,10 @@ class VisLangModel(nn.Module):
         train.body_lr_ratio slows, as pretrained weights want a smaller step than new layers."""
         return [p for tower in (self.image_tower, self.text_tower) for p in tower.parameters() if p.requires_grad]
 
-    def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor, copy_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def caption_loss(self, memory: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
         """The decoder's teacher-forced loss on tokenized captions [B, T] (tokenizer ids), given its memory."""
         ids = self.caption_vocab.to_decoder(caption_ids[:, : self.decoder.max_length])
-        return self.decoder.loss(memory, ids, copy_ids)
+        return self.decoder.loss(memory, ids)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_features(pixels)[1]

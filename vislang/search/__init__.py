@@ -1,12 +1,11 @@
 """Search: a FAISS index over a trained model's image embeddings (on the GPU when faiss sees one).
 
-    index.py      Index: build / add / search / goes_with, and the index folder on disk
+    index.py      Index: build / add / search (opt-in re-ranker) / goes_with, and the index folder on disk
     factory.py    which FAISS index for how many vectors (`auto`), building it, tuning nprobe/efSearch
     device.py     GPU or CPU placement of a FAISS index
     embed.py      embedding a collection in batches, with a progress bar
     query.py      query vectors from text, photo or both; re-ranking by the matching head
     goes_with.py  products that appear in rooms with products like the query
-    room_photo.py room photo -> products, with the votes of the indexed rooms like the photo
     hits.py       stored records and returned hits
     files.py      atomic writes, hashes, the model fingerprint
     errors.py     the errors that are the user's to fix

@@ -12,7 +12,7 @@ Record = dict[str, Any]  # id, kind, image, title, type, color, links, caption, 
 
 def item_type(item: Item) -> str | None:
     """What a result shows as the item's type: a product's type, a room's category (which the index's
-    room categories are read from too)."""
+    re-ranker reads a room's kind from too)."""
     return item.meta.get("type") or item.meta.get("category") or None
 
 
@@ -28,7 +28,7 @@ def record_of(item: Item) -> Record:
         "type": item_type(item),
         "color": meta.get("color") or None,
         "links": list(item.links),
-        "caption": item.caption,  # the training items' captions are the index's look-alike captions
+        "caption": item.caption,  # the training items' captions are what the re-ranker reads
         "split": item.split,
     }
 
@@ -37,13 +37,13 @@ def record_of(item: Item) -> Record:
 class Hit:
     id: str
     kind: str
-    score: float  # inner product of unit vectors (cosine), a goes-with score, or a room search's cosine + votes
+    score: float  # inner product of unit vectors (cosine; plus the re-ranker's terms when asked), or a goes-with score
     title: str
     type: str | None
     color: str | None
     image: str
     rerank_score: float | None = None  # P(match) from the matching head, when re-ranked
-    rooms: tuple[str, ...] = ()  # goes-with: rooms the product appears in; room search: the rooms voting most for it
+    rooms: tuple[str, ...] = ()  # goes-with: rooms the product appears in
 
     @classmethod
     def from_record(cls, record: Record, score: float, **extra: Any) -> Hit:

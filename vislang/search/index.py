@@ -3,32 +3,17 @@
 One FAISS index per kind of item (rooms, products): a search for one kind is then exact in what
 it returns (no over-fetching and filtering), each kind gets the index its size calls for, and a
 search over every kind merges the per-kind answers by score (all scores are cosines in the same
-space, less a penalty below). A FAISS label is the row of the kind's records list.
+space). A FAISS label is the row of the kind's records list.
 
-Text queries rank products as `vislang eval` does: by cosine less each product's hubness penalty
-(models/hubness.py). FAISS ranks by inner product alone, so every stored vector carries one
-coordinate more than the model's embedding, minus its penalty, and every query one more, its text
-share (1 for a text, 0 for a photo, the text's coefficient in a photo+text query): the inner
-product is then cosine - text share x penalty (exactly in a Flat index; an IVF, SQ8 or HNSW
-index approximates it as it approximates the cosine). A model with look-alike captions
-(`model.lookalike_texts`, models/lookalike.py) adds D coordinates more: each item stores the
-weighted captions of the index's training items whose photos look like its photo (none its own),
-and each query the query vector again times its text share, so a text query gains its cosine with
-them, as in `vislang eval`, and a photo query nothing. An item's look-alikes are those of the
-index when it was added; a rebuild refreshes them after training items have been added. A model
-with room categories (`model.room_category`, models/room_category.py) adds one coordinate per kind
-of room to the rooms' vectors (weight x P(category | photo), from the index's training rooms like
-the photo) and to a query searching rooms (its text share x P(category | query), from the index's
-training rooms whose titles are like it), so a text ranks rooms as in `vislang eval` too. The kinds
-are those of the rooms indexed at build time; a training room of another kind added later is
-not counted (a rebuild counts it).
+The stored vectors are the model's image embeddings as they are, and a query is ranked by its
+cosine with them: the embeddings are the product. The opt-in re-ranker (`search(reranker=True)`,
+vislang/ranking/) re-scores each kind's `RERANK_CANDIDATES` best hits at query time, reading the
+index's training items (records with split `train`: their stored embeddings, and their captions
+encoded on first use), as `vislang eval --reranker` reads the catalog's.
 
 The folder holds:
-  manifest.json               format, version, model fingerprint and checkpoint, dimension
-                              (the model's; the FAISS vectors have one more, the penalty, and
-                              with `lookalikes` D more), room_categories (the rooms' vectors have
-                              one more for each), metric, count, requested factory, and
-                              per kind: count, factory,
+  manifest.json               format, version, model fingerprint and checkpoint, dimension,
+                              metric, count, requested factory, and per kind: count, factory,
                               tuned search parameters and recall, file names, sizes and sha256
   <n>-<kind>.<generation>.faiss   the CPU index (faiss.write_index)
   <n>-<kind>.<generation>.jsonl   one record per vector, in label order
@@ -53,8 +38,8 @@ import numpy as np
 from ..api import VisLang, load
 from ..data.catalog import Catalog, Item
 from ..data.images import ImageLike
-from ..models.hubness import PLAIN_COSINE_KINDS
-from ..models.room_category import ROOM_KIND
+from ..ranking import Bank, Reranker
+from ..ranking.room_category import ROOM_KIND
 from .device import set_search_params, single_query_threads, to_cpu, to_gpu, want_gpu
 from .embed import embed_images
 from .errors import IndexFormatError, IndexMismatchError, QueryError, SearchError
@@ -68,18 +53,19 @@ from .factory import (
     tuning_parameter,
 )
 from .files import model_fingerprint, sha256_file, write_atomic
-from .hits import Hit, Record, item_type, record_of
-from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors, with_share
+from .hits import Hit, Record, record_of
+from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors
 from .query import rerank as rerank_hits
-from .room_photo import check_room_query, room_photo_hits
 
-# 2: vectors carry the hubness penalty; 3: and may carry look-alike captions; 4: and rooms their categories
-FORMAT, VERSION = "vislang-index", 4
-READABLE_VERSIONS = (2, 3, 4)  # an older index is a version 4 index without what came later
+# 5: the stored vectors are the embeddings alone (2-4 carried ranking terms in extra coordinates)
+FORMAT, VERSION = "vislang-index", 5
 MANIFEST = "manifest.json"
 METRIC_NAME = "inner_product"
 TUNING_QUERIES = 1000  # per query set: enough for the margin of two standard errors to stay under 1%
 KIND_ALIASES = {"rooms": "room", "products": "product", "images": "image"}
+# per kind and query: the FAISS hits the re-ranker re-scores. On IKEA the top 10 of 97% of the val
+# and test product captions are then those of re-ranking all 2292 products (92% with 100)
+RERANK_CANDIDATES = 200
 
 
 def parse_kinds(kinds: str | Sequence[str] | None) -> list[str] | None:
@@ -135,10 +121,9 @@ class Index:
     """
 
     def __init__(self, parts: dict[str, _Part], dimension: int, fingerprint: str, checkpoint: Path,
-                 factory: str = "auto", target_recall: float = 0.95, gpu: bool | None = None, model: VisLang | None = None,
-                 lookalikes: bool = False, room_categories: Sequence[str] = ()) -> None:
+                 factory: str = "auto", target_recall: float = 0.95, gpu: bool | None = None,
+                 model: VisLang | None = None) -> None:
         self.parts, self.dimension, self.fingerprint = parts, dimension, fingerprint
-        self.lookalikes, self.room_categories = lookalikes, list(room_categories)
         self.checkpoint, self.factory, self.target_recall = Path(checkpoint), factory, target_recall
         self.gpu = want_gpu(gpu)
         self._model = model
@@ -163,12 +148,10 @@ class Index:
         model = model if isinstance(model, VisLang) else load(model)
         checkpoint = _checkpoint_of(model).resolve()  # absolute: the index is used from other folders
         items = _select(items, parse_kinds(kinds))
-        categories = sorted({item_type(item) for item in items if item.kind == ROOM_KIND} - {None})
         index = cls({}, model.model.cfg["embed_dim"], model_fingerprint(checkpoint), checkpoint, factory,
-                    target_recall, gpu, model, lookalikes=bool(model.config["model"]["lookalike_texts"]["weight"]),
-                    room_categories=categories if model.config["model"]["room_category"]["weight"] else ())
+                    target_recall, gpu, model)
         for kind in dict.fromkeys(item.kind for item in items):  # a factory that cannot work fails before embedding
-            resolve_factory(factory, sum(item.kind == kind for item in items), index.width(kind), f"the {kind} collection")
+            resolve_factory(factory, sum(item.kind == kind for item in items), index.dimension, f"the {kind} collection")
         if index._add_items(items, batch_size, progress) == 0:
             raise SearchError(f"nothing to index: no images of kind {kinds or 'any'} could be read")
         return index
@@ -196,101 +179,49 @@ class Index:
         new = [new[i] for i in kept]
         for kind in dict.fromkeys(item.kind for item in new):
             rows = [i for i, item in enumerate(new) if item.kind == kind]
-            stored = self._stored(kind, vectors[rows], [new[i] for i in rows])
             records = [record_of(new[i]) for i in rows]
             if kind in self.parts:
-                self.parts[kind].add(stored, records)
+                self.parts[kind].add(vectors[rows], records)
             else:
-                self._new_part(kind, stored, records, [new[i].caption for i in rows], progress)
-            if kind == ROOM_KIND:
-                self.__dict__.pop("_room_title_bank", None)
+                self._new_part(kind, vectors[rows], records, [new[i].caption for i in rows], progress)
+        self.__dict__.pop("reranker", None)  # its banks are the indexed training items
         return len(new)
-
-    def width(self, kind: str) -> int:
-        """Coordinates of the vectors stored for `kind` (see the module docstring)."""
-        return stored_width(self.dimension, self.lookalikes, len(self.room_categories), kind)
 
     def embeddings(self, kind: str, labels: Sequence[int]) -> np.ndarray:
         """The image embeddings [N, D] stored for `kind` at rows `labels`."""
-        return self.parts[kind].rows(labels)[:, : self.dimension]
-
-    def _stored(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> np.ndarray:
-        """[N, width]: the items' embeddings, minus their hubness penalty (zero for plain-cosine kinds
-        and for a model trained without one), their look-alike captions and, for rooms, their
-        categories when the index has them: what FAISS holds (see the module docstring)."""
-        penalty = (np.zeros(len(embeddings), np.float32) if kind in PLAIN_COSINE_KINDS
-                   else self.model.hubness_penalty(embeddings, "image"))
-        columns = [embeddings, -penalty[:, None]]
-        borrows = self.lookalikes or self._categorised(kind)
-        bank, records, exclude = self._training_bank(kind, embeddings, items) if borrows else (None, [], None)
-        if self.lookalikes:
-            captions = self.model.encode_texts([record["caption"] for record in records])
-            columns.append(self.model.lookalike_texts(embeddings, bank, captions, exclude))
-        if self._categorised(kind):
-            labels, known = self._category_labels(records)
-            columns.append(self.model.room_categories(embeddings, bank[known], labels, len(self.room_categories),
-                                                      "image", exclude[:, known]))
-        return np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
-
-    def _training_bank(self, kind: str, embeddings: np.ndarray, items: list[Item]) -> tuple[np.ndarray, list[Record], np.ndarray]:
-        """What new items of `kind` borrow from: the embeddings [B, D] and records of the index's
-        training items of that kind, those already indexed and those being added, and which of
-        them each new item must leave out [N, B] (itself)."""
-        old = [label for label, record in enumerate(self.parts[kind].records if kind in self.parts else [])
-               if record.get("split") == "train"]
-        new = [i for i, item in enumerate(items) if item.split == "train"]
-        bank = np.concatenate([self.embeddings(kind, old) if old else embeddings[:0], embeddings[new]])
-        records = [self.parts[kind].records[label] for label in old] + [record_of(items[i]) for i in new]
-        exclude = np.zeros((len(items), len(bank)), bool)
-        exclude[new, len(old) + np.arange(len(new))] = True
-        return bank, records, exclude
-
-    def _categorised(self, kind: str) -> bool:
-        return kind == ROOM_KIND and bool(self.room_categories)
-
-    def _category_labels(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
-        """The category index of each training room whose category (its record's type) the index
-        knows, and which rooms those are."""
-        known = np.array([record.get("type") in self.room_categories for record in records], bool)
-        labels = np.array([self.room_categories.index(record["type"]) for record, ok in zip(records, known) if ok], np.int64)
-        return labels, known
+        return self.parts[kind].rows(labels)
 
     @cached_property
-    def _room_title_bank(self) -> tuple[np.ndarray, np.ndarray]:
-        """The embeddings of the indexed training rooms' titles and their category labels: what a
-        query's P(category | text) is read from (dropped whenever rooms are added)."""
-        records = [record for record in self.parts[ROOM_KIND].records if record.get("split") == "train"]
-        labels, known = self._category_labels(records)
-        titles = [record["caption"] for record, ok in zip(records, known) if ok]
-        return self.model.encode_texts(titles), labels
+    def reranker(self) -> Reranker:
+        """The re-ranker (vislang/ranking/) whose banks are the indexed training items of each kind:
+        their stored embeddings, their captions (encoded here, once) and a room's category (its
+        record's type). Items added later join it: `add` drops it."""
+        banks = {}
+        for kind, part in self.parts.items():
+            labels = [label for label, record in enumerate(part.records) if record.get("split") == "train"]
+            if not labels:
+                continue
+            records = [part.records[label] for label in labels]
+            banks[kind] = Bank(self.embeddings(kind, labels), self.model.encode_texts([r["caption"] for r in records]),
+                               tuple(r["image"] for r in records),
+                               tuple(r.get("type") for r in records) if kind == ROOM_KIND else ())
+        return Reranker(banks)
 
-    def _query(self, kind: str, vectors: np.ndarray, text_share: float | np.ndarray) -> np.ndarray:
-        """What the stored vectors of `kind` are searched with (see the module docstring)."""
-        query = with_share(vectors, text_share, self.lookalikes)
-        if not self._categorised(kind):
-            return query
-        titles, labels = self._room_title_bank
-        share = query[:, self.dimension : self.dimension + 1]
-        by_text = self.model.room_categories(vectors, titles, labels, len(self.room_categories), "text")
-        return np.ascontiguousarray(np.hstack([query, share * by_text]), dtype=np.float32)
-
-    def _new_part(self, kind: str, stored: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> None:
-        factory = resolve_factory(self.factory, len(stored), self.width(kind), f"the {kind} collection")
-        index = build_faiss_index(stored, factory, gpu=self.gpu, progress=progress)
+    def _new_part(self, kind: str, vectors: np.ndarray, records: list[Record], captions: list[str], progress: bool) -> None:
+        factory = resolve_factory(self.factory, len(vectors), self.dimension, f"the {kind} collection")
+        index = build_faiss_index(vectors, factory, gpu=self.gpu, progress=progress)
         part = self.parts[kind] = _Part(kind, factory, index, records)
         part.place(self.gpu)
         if tuning_parameter(factory):
-            part.tuning = tune(part.searcher, stored, factory,
-                               self._tuning_queries(kind, stored[:, : self.dimension], captions), self.target_recall)
+            part.tuning = tune(part.searcher, vectors, factory, self._tuning_queries(vectors, captions), self.target_recall)
 
-    def _tuning_queries(self, kind: str, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
+    def _tuning_queries(self, embeddings: np.ndarray, captions: list[str]) -> list[Queries]:
         """Photo queries (the items' own photos, each leaving itself out) and text queries (the
         items' captions): the two kinds of query the index will answer, each held to the recall target."""
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(embeddings), min(TUNING_QUERIES, len(embeddings)), replace=False))
         texts = [captions[i] for i in rng.choice(len(captions), min(TUNING_QUERIES, len(captions)), replace=False)]
-        return [Queries("photo", self._query(kind, embeddings[rows], 0.0), own=rows),
-                Queries("text", self._query(kind, self.model.encode_texts(texts), 1.0))]
+        return [Queries("photo", embeddings[rows], own=rows), Queries("text", self.model.encode_texts(texts))]
 
     # ------------------------------------------------------------ the model
 
@@ -349,44 +280,50 @@ class Index:
         kind: str | None = None,
         rerank: int | None = None,
         text_weight: float = DEFAULT_TEXT_WEIGHT,
-        room: bool = False,
+        reranker: bool = False,
     ) -> list[list[Hit]]:
         """One list of hits, best first, per query: a text, a photo, or a photo and a text
-        (paired one to one). A hit's score is its cosine with the query, less its hubness penalty
-        times the query's text share (see the module docstring). `rerank=N` re-scores the top N
-        with the matching head and orders them by it (text queries only). `room=True`: the photos
-        are of rooms; products are ranked by cosine plus the votes of the indexed rooms like the
-        photo (room_photo.py)."""
+        (paired one to one). A hit's score is its cosine with the query. `reranker=True` adds the
+        re-ranker's terms (vislang/ranking/) to each kind's `RERANK_CANDIDATES` best hits, times
+        the query's text share (1 for a text; photo+text: see query.mix), and orders them by that
+        score; it needs a text. `rerank=N` then re-scores the top N with the matching head and
+        orders them by it (text queries only)."""
         texts, images = as_texts(texts), as_images(images)
-        check_query(texts, images, k, rerank, text_weight)
-        if room:
-            check_room_query(texts, images, kind, rerank)
-            return room_photo_hits(self, self.model.encode_images(images), k)
+        check_query(texts, images, k, rerank, text_weight, reranker)
         self._parts_for(kind)  # an unknown kind fails before the model is loaded
         vectors, text_share = query_vectors(self.model, texts, images, text_weight)
-        results = self.search_vectors(vectors, max(k, rerank or 0), kind, text_share)
+        results = self._search(vectors, max(k, rerank or 0), kind, text_share if reranker else None)
         if rerank:
             results = [rerank_hits(self.model, text, hits, rerank) for text, hits in zip(texts, results)]
         return [hits[:k] for hits in results]
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, kind: str | None = None,
-                       text_share: float | np.ndarray = 0.0) -> list[list[Hit]]:
-        """Search with query vectors already made (unit rows of the model's dimension) and the share
-        of each that is a text (a number or one per row; 0, a photo, ranks by plain cosine)."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, kind: str | None = None) -> list[list[Hit]]:
+        """Search with query vectors already made (unit rows of the model's dimension), by cosine."""
+        return self._search(vectors, k, kind)
+
+    def _search(self, vectors: np.ndarray, k: int, kind: str | None,
+                rerank_share: np.ndarray | None = None) -> list[list[Hit]]:
+        """The k best hits of each query over the kinds searched, merged by score; with `rerank_share`
+        (each query's text share) each kind's hits are first re-scored by the re-ranker."""
         vectors = np.atleast_2d(vectors)
         if vectors.shape[1] != self.dimension:
             raise IndexMismatchError(f"query vectors are {vectors.shape[1]}-d, the index holds {self.dimension}-d vectors")
         results: list[list[Hit]] = [[] for _ in vectors]
         for part in self._parts_for(kind):
-            wanted = min(k, len(part.records))
+            wanted = min(k if rerank_share is None else max(k, RERANK_CANDIDATES), len(part.records))
             if wanted == 0:
                 continue
-            query = self._query(part.kind, vectors, text_share)
             with single_query_threads(len(vectors)):
-                scores, labels = part.searcher.search(query, wanted)
-            for hits, row_scores, row_labels in zip(results, scores, labels):
-                hits += [Hit.from_record(part.records[label], score) for score, label in zip(row_scores, row_labels) if label >= 0]
-        # kinds are searched separately; their scores are cosines (less a penalty), so merge by score
+                scores, labels = part.searcher.search(np.ascontiguousarray(vectors, dtype=np.float32), wanted)
+            for q, (hits, row_scores, row_labels) in enumerate(zip(results, scores, labels)):
+                found = row_labels >= 0
+                row_scores, row_labels = row_scores[found], row_labels[found]
+                if rerank_share is not None:
+                    row_scores = row_scores + rerank_share[q] * self.reranker.text_to_image_terms(
+                        vectors[q : q + 1], self.embeddings(part.kind, row_labels), part.kind,
+                        image_keys=[part.records[label]["image"] for label in row_labels])[0]
+                hits += [Hit.from_record(part.records[label], score) for score, label in zip(row_scores, row_labels)]
+        # kinds are searched separately; their scores are cosines (plus the same terms), so merge by score
         return [sorted(hits, key=lambda hit: -hit.score)[:k] for hits in results]
 
     def goes_with(self, query: str | ImageLike, k: int = 10, rooms: int = 10, neighbours: int = 50):
@@ -405,9 +342,7 @@ class Index:
             tuned += [f"recall@10 {name} {value:.3f}" for name, value in part.tuning.recall.items()]
             parts.append(f"{kind} {len(part.records)} ({', '.join([part.factory, *tuned])})")
         where = "GPU" if self.gpu else "CPU"
-        extra = " with look-alike captions" if self.lookalikes else ""
-        extra += f" and {len(self.room_categories)} room categories" if self.room_categories else ""
-        return f"{len(self)} images, {self.dimension}-d{extra}, on the {where}: " + "; ".join(parts)
+        return f"{len(self)} images, {self.dimension}-d, on the {where}: " + "; ".join(parts)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the index folder (see the module docstring); an existing index is replaced only
@@ -438,8 +373,7 @@ class Index:
         manifest = {
             "format": FORMAT, "version": VERSION, "generation": generation,
             "model": {"fingerprint": self.fingerprint, "checkpoint": str(self.checkpoint)},
-            "dimension": self.dimension, "lookalikes": self.lookalikes, "room_categories": self.room_categories,
-            "metric": METRIC_NAME, "count": len(self),
+            "dimension": self.dimension, "metric": METRIC_NAME, "count": len(self),
             "factory": self.factory, "target_recall": self.target_recall, "parts": parts,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -461,26 +395,15 @@ class Index:
             dimension = int(manifest["dimension"])
             fingerprint, checkpoint = str(manifest["model"]["fingerprint"]), Path(manifest["model"]["checkpoint"])
             factory, target = str(manifest.get("factory", "auto")), float(manifest.get("target_recall", 0.95))
-            lookalikes = bool(manifest.get("lookalikes", False))
-            categories = [str(name) for name in manifest.get("room_categories", [])]
-            parts = {str(kind): _load_part(path, str(kind), entry, dimension,
-                                           stored_width(dimension, lookalikes, len(categories), str(kind)))
-                     for kind, entry in manifest["parts"].items()}
+            parts = {str(kind): _load_part(path, str(kind), entry, dimension) for kind, entry in manifest["parts"].items()}
         except SearchError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise IndexFormatError(f"corrupt index at {path}: {MANIFEST} lacks or mangles {err}") from None
-        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu, lookalikes=lookalikes,
-                    room_categories=categories)
+        index = cls(parts, dimension, fingerprint, checkpoint, factory, target, gpu)
         if model is not None:
             index.use_model(model)
         return index
-
-
-def stored_width(dimension: int, lookalikes: bool, room_categories: int, kind: str) -> int:
-    """Coordinates of a vector stored for `kind`: the embedding, minus its penalty, its look-alike
-    captions if any, and a room's categories if any."""
-    return dimension * (2 if lookalikes else 1) + 1 + (room_categories if kind == ROOM_KIND else 0)
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
@@ -526,16 +449,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"corrupt index at {path}: {MANIFEST} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFormatError(f"not a vislang index: {file}")
-    if manifest.get("version") not in READABLE_VERSIONS:
-        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads versions "
-                               f"{', '.join(map(str, READABLE_VERSIONS))}: "
-                               "rebuild it with `vislang index build`")
+    if manifest.get("version") != VERSION:
+        raise IndexFormatError(f"{path} is a version {manifest.get('version')} index; this vislang reads version "
+                               f"{VERSION} (whose vectors are the model's embeddings alone): rebuild it with "
+                               "`vislang index build`")
     if manifest.get("metric") != METRIC_NAME:
         raise IndexFormatError(f"{path} uses the metric {manifest.get('metric')!r}; vislang searches by {METRIC_NAME}")
     return manifest
 
 
-def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int, width: int) -> _Part:
+def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int) -> _Part:
     for name, expected in entry["files"].items():
         file = path / name
         if not file.is_file():
@@ -552,7 +475,7 @@ def _load_part(path: Path, kind: str, entry: dict[str, Any], dimension: int, wid
         records = [json.loads(line) for line in lines if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"corrupt index at {path}: {entry['records_file']} is not JSON lines ({err})") from None
-    if index.ntotal != len(records) or index.d != width:
+    if index.ntotal != len(records) or index.d != dimension:
         raise IndexFormatError(f"corrupt index at {path}: {kind} has {index.ntotal} {index.d}-d vectors but "
-                               f"{len(records)} records and a {dimension}-d manifest (the vectors take {width})")
+                               f"{len(records)} records and a {dimension}-d manifest")
     return _Part(kind, entry["factory"], index, records, Tuning(dict(entry.get("params") or {}), dict(entry.get("tuned_recall_at_10") or {})))

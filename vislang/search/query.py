@@ -33,7 +33,8 @@ def as_images(images: ImageLike | Sequence[ImageLike] | None) -> list[ImageLike]
     return [images] if isinstance(images, (str, os.PathLike, Image.Image)) else list(images)
 
 
-def check_query(texts: list[str], images: list[ImageLike], k: int, rerank: int | None, text_weight: float) -> None:
+def check_query(texts: list[str], images: list[ImageLike], k: int, rerank: int | None, text_weight: float,
+                reranker: bool = False) -> None:
     """Refuse what cannot be searched before any model is loaded or anything is encoded."""
     if not texts and not images:
         raise QueryError("empty query: give a text, an image or both")
@@ -48,6 +49,8 @@ def check_query(texts: list[str], images: list[ImageLike], k: int, rerank: int |
             raise QueryError(f"--rerank must be between 1 and {MAX_K} (got {rerank})")
         if not texts:
             raise QueryError("re-ranking needs a text query: the matching head scores image-text pairs")
+    if reranker and not texts:
+        raise QueryError("the re-ranker needs a text query: its terms compare a text with the training items' captions")
     if not 0.0 <= text_weight <= 1.0:
         raise QueryError(f"the text weight must be between 0 and 1 (got {text_weight})")
 
@@ -56,18 +59,9 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def with_share(vectors: np.ndarray, text_share: float | np.ndarray, lookalikes: bool = False) -> np.ndarray:
-    """[Q, D + 1]: query vectors with their text share as the last coordinate, what the index's
-    vectors (embedding, -penalty) are searched with; with `lookalikes`, [Q, 2D + 1]: then the
-    vectors once more times the share, against the stored look-alike captions (search/index.py)."""
-    share = np.broadcast_to(np.asarray(text_share, np.float32), (len(vectors),))[:, None]
-    columns = [vectors, share] + ([share * vectors] if lookalikes else [])
-    return np.ascontiguousarray(np.hstack(columns), dtype=np.float32)
-
-
 def mix(photo: np.ndarray, text: np.ndarray, text_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """The unit vectors of (1 - w) * photo + w * text [Q, D], and the text's coefficient in each
-    after normalising [Q]: the share of the query that is a text, which the hubness penalty scales by."""
+    after normalising [Q]: the share of the query that is a text, which the re-ranker's terms scale by."""
     summed = (1.0 - text_weight) * photo + text_weight * text
     norms = np.maximum(np.linalg.norm(summed, axis=1), 1e-12)
     return (summed / norms[:, None]).astype(np.float32), (text_weight / norms).astype(np.float32)

@@ -4,9 +4,8 @@ With `train.heads_train_towers: false` the heads never move the towers, so they 
 beside them. In the main loop a step with both heads costs about 1.4x a contrastive step on this
 project's CPU, and the heads see image tokens of towers still far from their final state. Here
 the finished towers embed every training image once per view (view 0 whole, as inference sees
-it; the others random training crops; `train/loop.py` embeds them once for this phase, the
-decoder's neighbour store and the hubness bank), the neighbour store holds the final embeddings,
-and the heads then take many cheap steps on those cached features, with no tower in the step.
+it; the others random training crops), and the heads then take many cheap steps on those cached
+features, with no tower in the step.
 The main loop's end is checkpointed first: a stopped phase starts over from it on --resume.
 """
 from __future__ import annotations
@@ -48,13 +47,6 @@ def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views:
         tokens[view].append(t.float())
         emb[view].append(e.float())
     return ImageViews(torch.stack([torch.cat(t) for t in tokens]), torch.stack([torch.cat(e) for e in emb]))
-
-
-def remember_whole_images(model: VisLangModel, views: ImageViews) -> None:
-    """Fill the decoder's neighbour store with every training image's whole-image embedding (view 0),
-    what inference compares a photo with."""
-    if model.neighbours is not None:
-        model.neighbours.remember(torch.arange(views.emb.shape[1], device=views.emb.device), views.emb[0])
 
 
 def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
@@ -103,7 +95,7 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
                 features = Features(image_tokens[local_rows], image_emb[local_rows], text_tokens, text_mask,
                                     text_emb[local_rows])
                 losses = head_losses(model, tokenizer, features, image_emb, text_emb, batch, captions, caption_weight,
-                                     tcfg, generator, ranks, remember=False)
+                                     tcfg, generator, ranks)
             sum(weights[name] * value for name, value in losses.items()).backward()
             optimizer_step(model, optimizer, tcfg["grad_clip"], ranks)
             step += 1

@@ -26,12 +26,13 @@ def check_locked_views(model: VisLangModel, views: int) -> None:
 
 @torch.inference_mode()
 def compute_locked_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict,
-                         seed: int, device) -> torch.Tensor:
+                         seed: int, device, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """[V, N, C, H, W] bfloat16: the locked part's output for every view of every bank image."""
     out = None
     filled = [0] * views
     for view, pixels in view_batches(bank, image_size, views, augment_cfg, seed, desc="locked image features"):
-        features = model.image_tower.locked_features(pixels.to(device)).to("cpu", torch.bfloat16)
+        pixels = pixels.to(device, memory_format=memory_format)  # the tower's format (train.channels_last: 2x on a CPU)
+        features = model.image_tower.locked_features(pixels).to("cpu", torch.bfloat16)
         if out is None:
             out = torch.empty((views, len(bank), *features.shape[1:]), dtype=torch.bfloat16)
         out[view, filled[view] : filled[view] + len(features)] = features

@@ -23,13 +23,12 @@ from ..data import find_data_dir, read_catalog
 from ..data.pairs import PairSampler
 from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
-from ..eval.reranking import fit_overlap_weights
 from ..models import create_model
 from ..checkpoint import find_checkpoint, load_weights, save_checkpoint
 from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
-from .heads_phase import ImageViews, embed_views, remember_whole_images, train_heads
+from .heads_phase import embed_views, train_heads
 from .locked_views import check_locked_views, compute_locked_views, draw_views
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
@@ -86,7 +85,8 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     model.to(device)
     memory_format = speed_up(model, tcfg)
     check_locked_views(model, tcfg["locked_views"])
-    locked = compute_locked_views(model, bank, image_size, tcfg["locked_views"], dcfg["augment"], config["seed"], device) \
+    locked = compute_locked_views(model, bank, image_size, tcfg["locked_views"], dcfg["augment"], config["seed"], device,
+                                  memory_format) \
         if tcfg["locked_views"] else None
     optimizer = make_optimizer(model, tcfg)
     text_cache = None
@@ -187,21 +187,14 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         last_saved = step
         if saved is not None and heads_phase:
             print(f"towers trained; saved {saved} (a stopped heads phase starts over from it with --resume)")
-    if heads_phase or model.neighbours is not None or model.query_bank is not None:
-        # the finished image tower embeds every training image once (view 0 whole, as inference sees
-        # it; the heads phase adds training crops) for the heads phase, the caption store and the bank
-        views = embed_views(model, bank, image_size, tcfg["heads_phase"]["views"] if heads_phase else 1,
-                            dcfg["augment"], config["seed"], device, memory_format)
-        remember_whole_images(model, views)
-        if heads_phase:
-            train_heads(model, tokenizer, views, sampler, text_cache, captions, caption_weight, config, device,
-                        ranks, logger, step, autocast)
-        if model.query_bank is not None:
-            _fill_query_bank(model, tokenizer, config, device, views, captions)
-        last_saved = -1  # the final checkpoint must carry the trained heads, the refreshed store and the bank
-    if model.matching is not None and model.matching.overlap_weights is not None:
-        _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step)
-        last_saved = -1
+    if heads_phase:
+        # the finished image tower embeds every training image once per view (view 0 whole, as
+        # inference sees it; the others training crops), and the heads train on those features
+        views = embed_views(model, bank, image_size, tcfg["heads_phase"]["views"], dcfg["augment"], config["seed"],
+                            device, memory_format)
+        train_heads(model, tokenizer, views, sampler, text_cache, captions, caption_weight, config, device,
+                    ranks, logger, step, autocast)
+        last_saved = -1  # the final checkpoint must carry the trained heads
     if step != last_saved:
         checkpoint()
     _log_eval(model, tokenizer, config, device, catalog, logger, step, ranks)  # ends when every rank is there
@@ -210,28 +203,6 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         plot_curves(run_dir)
     distributed.teardown()
     return find_checkpoint(run_dir)
-
-
-def _fill_query_bank(model, tokenizer, config, device, whole: ImageViews, captions: list[str]) -> None:
-    """The hubness correction's bank (models/hubness.py): every training caption, and every training
-    image's whole-image embedding, from the finished model as inference will embed them."""
-    texts = VisLang(model, tokenizer, config, device).encode_texts(captions)
-    model.query_bank.fill(torch.from_numpy(texts).to(device), whole.emb[0])
-    model.train()
-
-
-def _fit_overlap_weights(model, tokenizer, config, device, catalog, logger, step: int) -> None:
-    """The matching head's neighbour-overlap weights, chosen on val (eval/reranking.py says why).
-
-    Every rank fits the same weights from the same model, so the ranks stay identical."""
-    model.eval()
-    fitted = fit_overlap_weights(VisLang(model, tokenizer, config, device), catalog, "val")
-    model.train()
-    if fitted:
-        logger.log(step, event="fit_overlap_weights", split="val", **fitted)
-        print("matching head overlap weights fitted on val: " + ", ".join(f"{k}={v:.3f}" for k, v in fitted.items()))
-    else:
-        print("no val products to fit the matching head's overlap weights on: they stay 0 (the head alone re-ranks)")
 
 
 def _log_eval(model, tokenizer, config, device, catalog, logger, step: int, ranks: Ranks) -> None:

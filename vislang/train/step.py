@@ -142,11 +142,10 @@ def contrastive_losses(image_emb: torch.Tensor, text_emb: torch.Tensor, batch, t
 
 def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: torch.Tensor, text_emb: torch.Tensor, batch,
                 captions: list[str], caption_weight: torch.Tensor, tcfg: dict[str, Any], generator: torch.Generator,
-                ranks: Ranks, remember: bool = True) -> dict[str, torch.Tensor]:
+                ranks: Ranks) -> dict[str, torch.Tensor]:
     """The matching and caption losses; `features` are this rank's rows, the embeddings the gathered ones.
 
     The heads score this rank's share of the rows they pick (the same picks on every rank).
-    `remember`: store the batch's image embeddings as the caption neighbours of their items.
     """
     losses: dict[str, torch.Tensor] = {}
     if model.matching is None and model.decoder is None:
@@ -171,11 +170,7 @@ def head_losses(model: VisLangModel, tokenizer, features: Features, image_emb: t
     if model.decoder is not None:
         rows = caption_rows(batch.items, caption_weight, tcfg["caption_batch"], generator)[share].to(device)
         ids, _ = tokenizer([captions[batch.items[i]] for i in rows.tolist()])
-        items = torch.tensor(batch.items, device=device)
-        caption_memory, copy_ids = model.decoder_memory(memory[rows], image_emb.detach()[rows], exclude=items[rows])
-        losses["loss_caption"] = model.caption_loss(caption_memory, ids.to(device), copy_ids)
-        if remember and model.neighbours is not None:  # after the lookup: this batch's images are not their own neighbours
-            model.neighbours.remember(items, image_emb)
+        losses["loss_caption"] = model.caption_loss(memory[rows], ids.to(device))
     return losses
 
 

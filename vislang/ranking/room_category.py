@@ -5,9 +5,9 @@ Room titles are slogans ("breathe in the scent of natural pinewood", "wake up an
 classified by its look-alikes among the training rooms: P(category | photo) is the kernel-weighted
 share of each category among the training rooms whose photos are like the photo, P(category |
 title) among those whose titles are like the title (weights exp(cos / temperature), as for the
-look-alike captions). The ranking of rooms for a text adds weight x sum_c P(c | text) P(c | photo).
-Like the look-alike captions it needs only the training rooms' photos, titles and categories,
-which the catalog holds; nothing is added to the checkpoint.
+look-alike captions). The re-ranker (reranker.py) adds weight x sum_c P(c | text) P(c | photo) to
+a text's score for a room photo. Like the look-alike captions it needs only the training rooms'
+photos, titles and categories, read at query time: nothing of it is in the model.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 from .lookalike import kernel_weights
 
 ROOM_KIND = "room"  # the kind of catalog item that has a category
+
 
 def category_probabilities(embeddings: np.ndarray, bank: np.ndarray, labels: np.ndarray, categories: int,
                            temperature: float, exclude: np.ndarray | None = None) -> np.ndarray:

@@ -4,10 +4,10 @@ A test photo of a "MALM chest of 2 drawers" is seldom what the tower has learned
 its nearest training photos are often MALM chests in other colours or sizes, and their catalog
 captions carry the name, type and colour words a query is made of. Each gallery image gets the
 kernel-weighted mean of its look-alikes' caption embeddings, weights exp(cos(image, training
-image) / temperature), normalised; the ranking adds weight x the query's cosine with it (a text
-query against images) or adds the same term on the query's side (an image query against texts).
-Like the room votes it is a kernel regression over the training items of the same kind, so it
-needs only their photos and captions, which the catalog holds; nothing is added to the checkpoint.
+image) / temperature), normalised; the re-ranker (reranker.py) adds weight x the query's cosine
+with it (a text query against images) or the same term on the query's side (an image query
+against texts). It is a kernel regression over the training items of the same kind, so it needs
+only their photos and captions, read at query time: nothing of it is in the model.
 """
 from __future__ import annotations
 
