@@ -262,10 +262,16 @@ def write_start(towers: Towers, path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     with quiet_open_clip():
         model = open_clip.create_model(MODEL_NAME, pretrained_image=False, pretrained_text=True)
-    weights = load_file(str(towers.image_weights))
-    model.visual.trunk.load_state_dict({k: v for k, v in weights.items() if not k.startswith("classifier.")})
+    load_trunk_weights(model, towers.image_weights)
     torch.save({"state_dict": model.state_dict()}, path)
     return path
+
+
+def load_trunk_weights(model: open_clip.CustomTextCLIP, weights: Path) -> None:
+    """A timm-layout weights file into open_clip's `visual.trunk`, strictly, less the ImageNet
+    classifier that open_clip's trunk drops."""
+    state = load_file(str(weights))
+    model.visual.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
 
 
 def training_pairs(items: Sequence[Item]) -> list[tuple[str, str]]:

@@ -7,7 +7,9 @@ code of `bench/train_throughput.py`, which is the training loop's) and reports:
 - on a CPU (Linux, glibc), the peak of the bytes malloc has handed out during the steps (glibc's
   mallinfo2, sampled every millisecond), above what was in use before them. The resident set
   size would not do: glibc keeps freed memory, so it only ever grows.
-Step time is reported beside it: the memory switches trade time for memory.
+Step time is reported beside it: the memory switches trade time for memory. With
+`train.locked_views` the step is the cached-view step, and the cache is made before the steps:
+its memory is not in the figure.
 
 Usage:  python bench/train_memory.py [--device cpu|cuda] [--steps 3] [--variant k=v[,k=v]]... [--json] [key=value ...]
 """
