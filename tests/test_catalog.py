@@ -100,8 +100,11 @@ def test_sampler_positives_and_no_leak_from_other_splits(tiny_catalog):
         assert batch.positives.diagonal().all()
         for a, i in enumerate(batch.items):
             for b, j in enumerate(batch.items):
-                expected = a == b or batch.texts[b] in train[i].texts or train[j].id in train[i].links or train[i].id in train[j].links
+                # a room photo matches its products' texts; a product photo does not match its rooms' titles
+                expected = a == b or batch.texts[b] in train[i].texts or train[j].id in train[i].links
                 assert bool(batch.positives[a, b]) == expected
+                assert bool(batch.links[a, b]) == (train[j].id in train[i].links or train[i].id in train[j].links)
+    assert any(train[i].links for b in sampler.epoch(0) for i in b.items)  # the batches hold rooms with their products
     assert all(p in train_ids for links in sampler._links.values() for p in (train[j].id for j in links))
     first = [b.items for b in sampler.epoch(3)]
     assert first == [b.items for b in sampler.epoch(3)]  # an epoch replays exactly (resume relies on it)
