@@ -11,7 +11,7 @@ from .api import load
 from .checkpoint import CheckpointError, find_checkpoint, saved_config
 from .config import ConfigError, load_config
 from .data import find_data_dir, read_catalog
-from .eval.report import evaluate_model, format_report
+from .eval.report import evaluate_model_with_intervals, format_report
 from .eval.retrieval import EmbeddingCache, image_embeddings
 from .train import train
 from .viz import result_grid, result_page
@@ -47,9 +47,9 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
     model = load(output)
     catalog = read_catalog(data_dir)
     cache: EmbeddingCache = {}  # image and caption embeddings, shared by the metrics and the example grid
-    metrics = evaluate_model(model, catalog, "test", cache)
-    print(f"\ntest split\n{format_report(metrics, catalog, 'test')}")
-    (output / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics, intervals = evaluate_model_with_intervals(model, catalog, "test", cache)
+    print(f"\ntest split\n{format_report(metrics, catalog, 'test', intervals)}")
+    (output / "test_metrics.json").write_text(json.dumps({**metrics, "ci95": intervals}, indent=2))
     rows = _example_rows(model, catalog, cache)
     grid = result_grid(rows, output / "results.png")
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")

@@ -1,8 +1,6 @@
 """Everything `vislang eval` reports for a trained model, and its text table."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..data.catalog import Catalog
 from ..ranking import RerankSettings
 from .bootstrap import bootstrap_intervals
@@ -13,26 +11,12 @@ from .retrieval import RERANKED, EmbeddingCache, chance_levels, metric_means, pe
 Interval = tuple[float, float]
 
 
-def evaluate_model(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
-    """Retrieval metrics, plus caption scores and re-ranking when the model has those heads.
-
-    All of them share one embedding cache, so each image and each caption is encoded once.
-    """
-    return _evaluate_model(model, catalog, split, cache)[0]
-
-
 def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
                                   reranker: RerankSettings | None = None) -> tuple[dict[str, float], dict[str, Interval]]:
-    """`evaluate_model`'s metrics (with `reranker`, also the text <-> image ones re-ranked by it,
-    prefixed `reranked_`), and the 95% bootstrap interval over the queries of each retrieval
-    metric (eval/bootstrap.py); the heads' caption and re-ranking scores have none yet."""
-    metrics, scores = _evaluate_model(model, catalog, split, cache, reranker)
-    return metrics, bootstrap_intervals(scores)
-
-
-def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache | None,
-                    reranker: RerankSettings | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """The metrics, and the per-query scores of those that are means over queries."""
+    """Retrieval metrics, plus caption scores and re-ranking when the model has those heads, and
+    the 95% bootstrap interval over the queries of each retrieval metric (eval/bootstrap.py; the
+    heads' scores have none yet). With `reranker`, also the text <-> image metrics re-ranked by
+    it, prefixed `reranked_`. One embedding cache serves all: each image and caption is encoded once."""
     cache = {} if cache is None else cache
     scores = per_query_scores(model, catalog, split, cache, reranker)
     metrics = metric_means(scores)
@@ -40,7 +24,7 @@ def _evaluate_model(model, catalog: Catalog, split: str, cache: EmbeddingCache |
         metrics.update(evaluate_captions(model, catalog, split, cache=cache)[0])
     if model.model.matching is not None and catalog.select(split, "product"):
         metrics.update(evaluate_reranking(model, catalog, split, cache=cache))
-    return metrics, scores
+    return metrics, bootstrap_intervals(scores)
 
 
 def format_report(metrics: dict[str, float], catalog: Catalog, split: str, intervals: dict[str, Interval] | None = None) -> str:
