@@ -99,10 +99,14 @@ class TimmImageTower(nn.Module):
                    nn.Sequential(body.conv_head, body.bn2)]
         return modules[: self.locked_groups], modules[self.locked_groups :]
 
+    def _renormalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised pixels in the mean and std the weights were trained with."""
+        return pixels * self.input_scale + self.input_shift
+
     def locked_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """What the locked part computes: it never changes in training (with frozen BatchNorm
         statistics), so the training loop can compute it once per view (`train.locked_views`)."""
-        x = pixels * self.input_scale + self.input_shift
+        x = self._renormalised(pixels)
         for module in self._stages()[0]:
             x = module(x)
         return x
@@ -110,7 +114,7 @@ class TimmImageTower(nn.Module):
     def forward(self, pixels: torch.Tensor | None = None, locked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and pooled vector from pixels, or from the locked part's output (`locked_features`)."""
         if locked is None:
-            features = self.body.forward_features(pixels * self.input_scale + self.input_shift)
+            features = self.body.forward_features(self._renormalised(pixels))
         else:
             features = locked
             for module in self._stages()[1]:
