@@ -19,7 +19,7 @@ from vislang.train.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["model.matching.enabled=true", "model.decoder.enabled=true", "model.matching.width=32",
-         "model.decoder.width=32", "model.decoder.max_length=24", "model.image.image_size=32",
+         "model.decoder.max_length=24", "model.image.image_size=32",
          "train.batch_size=12", "train.warmup_steps=2", "train.log_every=1"]
 
 

@@ -12,7 +12,6 @@ from .data.images import ImageLike
 from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
 from .devices import pick_device
-from .models.generate import generate
 
 
 class MissingHeadError(ValueError):
@@ -106,8 +105,8 @@ class VisLang:
         for start in batch_starts(len(images), batch_size):
             pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
             memory, _ = self.model.image_memory(pixels)
-            for ids in generate(self.model.decoder, memory, max_length=max_length, num_beams=num_beams,
-                                num_return_sequences=returned):
+            for ids in self.model.decoder.generate(memory, max_length=max_length, num_beams=num_beams,
+                                                   num_return_sequences=returned):
                 captions.append(self.tokenizer.decode(self.model.caption_vocab.to_tokenizer(ids)))
         return captions
 

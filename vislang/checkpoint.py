@@ -4,6 +4,7 @@ A checkpoint folder holds everything needed to rebuild the model with no other i
   model.safetensors   all weights (the frozen text tower's too)
   config.yaml         the resolved run config
   text/               the tokenizer's files and the text tower's architecture (Hugging Face config.json)
+  decoder/            the caption decoder's BERT config.json, when the model has a decoder
   trainer_state.pt    optimizer, step and clock, for --resume (absent in exported checkpoints)
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ def save_checkpoint(
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     tokenizer.save(tmp / "text")
     model.text_tower.save_architecture(tmp / "text")
+    if model.decoder is not None:
+        model.decoder.save_architecture(tmp / "decoder")
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
     if final.exists():
@@ -150,4 +153,6 @@ def _offline_model_config(model_cfg: dict[str, Any], folder: Path) -> dict[str, 
     if (folder / "text" / "config.json").is_file():
         text["name"] = str(folder / "text")
     out["text"] = text
+    if (folder / "decoder" / "config.json").is_file():
+        out["decoder"] = {**model_cfg["decoder"], "source": str(folder / "decoder"), "pretrained": False}
     return out

@@ -44,10 +44,13 @@ DEFAULTS: dict[str, Any] = {
         "lexical": False,
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
         "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
-        # Caption decoder (causal transformer with cross-attention to image tokens; CoCa/BLIP-style).
+        # Caption decoder, BLIP-style: a BERT-like text model (`source`, a bundled name, hub id or
+        # folder) made causal, with cross-attention to the image tokens; `pretrained` starts it from
+        # the source's first `layers` layers and word embeddings, which it reads by the tokenizer's
+        # ids, so the source must then be the text tower's own model (models/decoder.py).
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
-        "decoder": {"enabled": False, "width": 256, "layers": 2, "heads": 4, "max_length": 40,
+        "decoder": {"enabled": False, "source": "minilm-l6", "pretrained": True, "layers": 2, "max_length": 40,
                     "vocab": "captions", "token_ids": []},
         "init_temperature": 0.07,
     },
@@ -107,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
 REMOVED_KEYS = (
     "model.hubness", "model.room_vote", "model.lookalike_texts", "model.room_category",
     "model.decoder.neighbours", "model.decoder.store_size", "model.decoder.copy", "model.matching.neighbour_overlap",
+    "model.decoder.width", "model.decoder.heads",  # the hand-written decoder's: a BERT config sets them now
 )
 
 # What a value may be beyond the type of its default (checked by `validate`). Every leaf has its
@@ -121,8 +125,7 @@ TYPES: dict[str, tuple[type, ...]] = {
 CHOICES: dict[str, tuple[str, ...]] = {"model.head": ("linear", "mlp"), "model.decoder.vocab": ("captions", "tokenizer")}
 _AT_LEAST_1 = (
     "model.embed_dim", "model.image.image_size", "model.text.max_length", "model.matching.width",
-    "model.matching.layers", "model.matching.heads", "model.decoder.width", "model.decoder.layers",
-    "model.decoder.heads", "train.epochs",
+    "model.matching.layers", "model.matching.heads", "model.decoder.layers", "train.epochs",
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
 )
 _AT_LEAST_0 = (
@@ -174,10 +177,14 @@ def validate(config: dict[str, Any]) -> None:
     """Raise ConfigError naming the first value of the wrong type or out of its range, so a bad
     value stops a run before it starts, with the key in the message instead of a traceback."""
     _check_values(config, DEFAULTS, "")
-    for head in ("matching", "decoder"):
-        width, heads = config["model"][head]["width"], config["model"][head]["heads"]
-        if width % heads:
-            raise ConfigError(f"model.{head}.width ({width}) must be a multiple of model.{head}.heads ({heads})")
+    matching, decoder, text = config["model"]["matching"], config["model"]["decoder"], config["model"]["text"]
+    if matching["width"] % matching["heads"]:
+        raise ConfigError(f"model.matching.width ({matching['width']}) must be a multiple of model.matching.heads "
+                          f"({matching['heads']})")
+    if decoder["enabled"] and decoder["pretrained"] and (text["kind"] != "hf" or decoder["source"] != text["name"]):
+        raise ConfigError(f"model.decoder.pretrained reads {decoder['source']!r}'s word embeddings by the text "
+                          f"tokenizer's ids: set model.decoder.source to the text tower's model ({text['name']!r}) "
+                          "or model.decoder.pretrained=false")
 
 
 def _check_values(config: dict[str, Any], defaults: dict[str, Any], where: str) -> None:

@@ -18,7 +18,7 @@ from .color import ColorHistogram
 from .decoder import CaptionDecoder
 from .image_tower import create_image_tower
 from .matching import MatchingHead
-from .text_tower import create_text_tower
+from .text_tower import create_text_tower, resolve_text_source
 from .vocab import CaptionVocab
 
 
@@ -61,9 +61,9 @@ class VisLangModel(nn.Module):
             d = cfg["decoder"]
             token_ids = d["token_ids"] or list(range(special_ids["vocab_size"]))
             self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
-            self.decoder = CaptionDecoder(image_width=self.image_tower.token_width, width=d["width"], layers=d["layers"],
-                                          heads=d["heads"], max_length=d["max_length"],
-                                          **self.caption_vocab.special_ids(special_ids))
+            self.decoder = CaptionDecoder(resolve_text_source(d["source"]), self.image_tower.token_width, token_ids,
+                                          self.caption_vocab.special_ids(special_ids), d["layers"], d["max_length"],
+                                          d["pretrained"])
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
