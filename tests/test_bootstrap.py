@@ -76,3 +76,24 @@ def test_eval_json_gives_every_metric_its_interval(untrained, tiny_catalog, caps
     table = capsys.readouterr().out
     low, high = report["ci95"]["product_text2image_r10"]
     assert f"{metrics['product_text2image_r10']:.3f} [{low:.3f}, {high:.3f}]" in table
+
+
+def test_corpus_bleu4_from_kept_counts_equals_pycocoevalcap_on_the_whole_set_and_a_resample():
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    from vislang.eval.captioning import _words, caption_stats
+
+    predictions = ["malm chest of 3 drawers white", "a sofa", "billy bookcase oak veneer", "", "lack side table black"]
+    refs = [["malm chest of 3 drawers, white", "chest of drawers"], ["ektorp three-seat sofa"],
+            ["billy bookcase, white"], ["hemnes bed frame"], ["lack side table, black-brown", "side table"]]
+    stats = caption_stats(predictions, refs)
+
+    def theirs(rows: list[int]) -> float:
+        res = {k: [_words(predictions[i]) or "empty"] for k, i in enumerate(rows)}
+        gts = {k: [_words(r) for r in refs[i]] for k, i in enumerate(rows)}
+        return Bleu(4).compute_score(gts, res, verbose=0)[0][3]
+
+    assert stats.bleu4() == pytest.approx(theirs([0, 1, 2, 3, 4]), rel=1e-9)
+    assert stats.bleu4(np.array([0, 0, 2, 4, 4])) == pytest.approx(theirs([0, 0, 2, 4, 4]), rel=1e-9)
+    assert stats.bleu4() > 0.1  # not the all-empty corner where both sides read ~0
+

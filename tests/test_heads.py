@@ -37,6 +37,23 @@ def test_three_objectives_are_logged_and_fall(heads_run):
         assert len(values) == len(records) and np.mean(values[-5:]) < np.mean(values[:5]), key
 
 
+def test_eval_reports_the_heads_figures_with_paired_intervals(heads_run, tiny_catalog):
+    from vislang.data import read_catalog
+    from vislang.eval.report import evaluate_model_with_intervals
+
+    model = vislang.load(heads_run, device="cpu")
+    metrics, intervals = evaluate_model_with_intervals(model, read_catalog(tiny_catalog), "test")
+    for score in ("bleu4", "cider"):
+        gain = metrics[f"caption_{score}_gain"]
+        assert gain == pytest.approx(metrics[f"caption_{score}"] - metrics[f"retrieval_caption_{score}"])
+    rerank = metrics["product_text2image_r1_rerank20"] - metrics["product_text2image_r1_contrastive"]
+    assert metrics["product_text2image_r1_rerank20_gain"] == pytest.approx(rerank)
+    for name in ("caption_bleu4", "caption_cider", "caption_bleu4_gain", "retrieval_caption_cider", "caption_names_type",
+                 "product_text2image_r1_rerank20", "product_text2image_r1_rerank20_gain"):
+        low, high = intervals[name]
+        assert low <= metrics[name] + 1e-9 and metrics[name] <= high + 1e-9, name
+
+
 def test_caption_and_match_on_mixed_modes(heads_run, tmp_path):
     grey = Image.new("L", (40, 30), 90)
     rgba = Image.new("RGBA", (30, 40), (200, 10, 10, 128))

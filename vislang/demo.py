@@ -51,7 +51,7 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
     print(f"\ntest split\n{format_report(metrics, catalog, 'test', intervals)}")
     (output / "test_metrics.json").write_text(json.dumps({**metrics, "ci95": intervals}, indent=2))
     rows = _example_rows(model, catalog, cache)
-    grid = result_grid(rows, output / "results.png")
+    grid = result_grid(rows, output / "results.png", label_lines=6)
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
     print(f"\nresults grid: {grid}\nresults page: {page}")
     return metrics
@@ -84,7 +84,12 @@ def _move_aside(output: Path) -> Path:
     return target
 
 
-def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_products: int = 5):
+def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_products: int = 5, rerank_top: int = 20):
+    """Result rows for the grid and page: product queries (catalog captions of test products) and
+    room queries, ranked by cosine as `vislang eval` ranks. With a matching head, each product query
+    gets a second row, its cosine top `rerank_top` re-ranked by the head, where each hit says the
+    place it came from and the query says where the true item moved; with a decoder, each product
+    photo's label adds the caption the model writes for it."""
     products, rooms = catalog.select("test", "product"), catalog.select(None, "room")
     picks = random.Random(0).sample(products, min(n_products, len(products)))
     rows = []
@@ -94,8 +99,34 @@ def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_pro
         images = image_embeddings(model, gallery, cache)
         ranking = model.encode_texts([q for q, _ in queries]) @ images.T  # cosine, as `vislang eval` ranks
         for (query, truth), scores in zip(queries, ranking):
-            top = np.argsort(-scores)[:per_row]
-            hits = [(gallery[i].image, gallery[i].caption, truth is not None and gallery[i].caption == truth.caption) for i in top]
-            print(f"  {query!r}: " + " | ".join(gallery[i].caption for i in top[:3]))
-            rows.append((query, hits))
-    return rows
+            order = np.argsort(-scores, kind="stable")
+            print(f"  {query!r}: " + " | ".join(gallery[i].caption for i in order[:3]))
+            rows.append((query, gallery, order[:per_row], truth, {}))
+            if truth is not None and model.model.matching is not None:
+                shortlist = order[:rerank_top]
+                match = model.match([gallery[i].image for i in shortlist], [query] * len(shortlist))
+                reranked = shortlist[np.argsort(-match, kind="stable")]
+                was = {int(i): place for place, i in enumerate(shortlist, 1)}
+                moved = [f"#{was[int(i)]} -> #{place}" for place, i in enumerate(reranked, 1)
+                         if gallery[i].caption == truth.caption]
+                label = f"{query} (re-ranked by the matching head; true item {moved[0] if moved else 'not in the top 20'})"
+                rows.append((label, gallery, reranked[:per_row], truth, was))
+    captions = _captions_of_shown(model, rows) if model.model.decoder is not None else {}
+    out = []
+    for query, gallery, shown, truth, was in rows:
+        hits = []
+        for place, i in enumerate(shown, 1):
+            item = gallery[i]
+            label = item.caption + (f" [was #{was[int(i)]}]" if was and was[int(i)] != place else "")
+            if item.image in captions:
+                label += f" | model says: {captions[item.image]}"
+            hits.append((item.image, label, truth is not None and item.caption == truth.caption))
+        out.append((query, hits))
+    return out
+
+
+def _captions_of_shown(model, rows) -> dict:
+    """The decoder's caption (`model.caption`, default settings) of each product photo the rows show."""
+    shown = list(dict.fromkeys(gallery[i].image for _, gallery, order, truth, _ in rows if truth is not None
+                               for i in order))
+    return dict(zip(shown, model.caption(shown)))

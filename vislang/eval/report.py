@@ -14,17 +14,20 @@ Interval = tuple[float, float]
 def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
                                   reranker: RerankSettings | None = None) -> tuple[dict[str, float], dict[str, Interval]]:
     """Retrieval metrics, plus caption scores and re-ranking when the model has those heads, and
-    the 95% bootstrap interval over the queries of each retrieval metric (eval/bootstrap.py; the
-    heads' scores have none yet). With `reranker`, also the text <-> image metrics re-ranked by
+    the 95% bootstrap interval of each (eval/bootstrap.py). With `reranker`, also the text <-> image metrics re-ranked by
     it, prefixed `reranked_`. One embedding cache serves all: each image and caption is encoded once."""
     cache = {} if cache is None else cache
     scores = per_query_scores(model, catalog, split, cache, reranker)
-    metrics = metric_means(scores)
+    metrics, intervals = metric_means(scores), bootstrap_intervals(scores)
+    heads = []
     if model.model.decoder is not None and catalog.select(split, "product"):
-        metrics.update(evaluate_captions(model, catalog, split, cache=cache)[0])
+        heads.append(evaluate_captions(model, catalog, split, cache=cache)[:2])
     if model.model.matching is not None and catalog.select(split, "product"):
-        metrics.update(evaluate_reranking(model, catalog, split, cache=cache))
-    return metrics, bootstrap_intervals(scores)
+        heads.append(evaluate_reranking(model, catalog, split, cache=cache))
+    for head_metrics, head_intervals in heads:
+        metrics.update(head_metrics)
+        intervals.update(head_intervals)
+    return metrics, intervals
 
 
 def format_report(metrics: dict[str, float], catalog: Catalog, split: str, intervals: dict[str, Interval] | None = None) -> str:

@@ -1,10 +1,13 @@
-"""Matching-head re-ranking of the product text->image top hits."""
+"""Matching-head re-ranking of the product text->image top hits, with 95% bootstrap intervals."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..data.catalog import Catalog, Item
-from .retrieval import EmbeddingCache, _same_caption_truth, image_embeddings, recall_at_k, text_embeddings
+from .bootstrap import bootstrap_intervals
+from .retrieval import EmbeddingCache, _same_caption_truth, image_embeddings, text_embeddings
+
+Interval = tuple[float, float]
 
 
 def _pairs(products: list[Item], shortlist: np.ndarray) -> tuple[list, list[str]]:
@@ -13,10 +16,10 @@ def _pairs(products: list[Item], shortlist: np.ndarray) -> tuple[list, list[str]
     return [products[g].image for g in shortlist.reshape(-1)], [products[q].caption for q in queries]
 
 
-def evaluate_reranking(
-    model, catalog: Catalog, split: str = "test", top: int = 20, cache: EmbeddingCache | None = None
-) -> dict[str, float]:
-    """Product text->image R@1 by cosine, and after the matching head re-scores the cosine's top `top`."""
+def evaluate_reranking(model, catalog: Catalog, split: str = "test", top: int = 20, cache: EmbeddingCache | None = None
+                       ) -> tuple[dict[str, float], dict[str, Interval]]:
+    """Product text->image R@1 by cosine, after the matching head re-scores the cosine's top `top`,
+    and the gain (paired: the same resampled queries for both), each with its 95% interval."""
     cache = {} if cache is None else cache
     products = catalog.select(split, "product")
     truth = _same_caption_truth(products)
@@ -24,7 +27,8 @@ def evaluate_reranking(
     shortlist = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     probabilities = model.match(*_pairs(products, shortlist)).reshape(shortlist.shape)
     picks = shortlist[np.arange(len(shortlist)), np.argmax(probabilities, axis=1)]
-    return {
-        "product_text2image_r1_contrastive": recall_at_k(scores, truth, (1,))[1],
-        f"product_text2image_r1_rerank{top}": float(np.mean([int(p) in t for p, t in zip(picks, truth)])),
-    }
+    before = np.array([float(int(s[0]) in t) for s, t in zip(shortlist, truth)])
+    after = np.array([float(int(p) in t) for p, t in zip(picks, truth)])
+    per_query = {"product_text2image_r1_contrastive": before, f"product_text2image_r1_rerank{top}": after,
+                 f"product_text2image_r1_rerank{top}_gain": after - before}
+    return {name: float(hits.mean()) for name, hits in per_query.items()}, bootstrap_intervals(per_query)
