@@ -106,8 +106,11 @@ def matching_loss(
     labels[:batch] = 1.0
 
     length = int(text_mask[text_index].sum(dim=1).max())  # the batch is padded for its longest text
-    logits = head(text_tokens[text_index, :length], text_mask[text_index, :length], image_tokens[image_index],
-                  similarity.to(device)[image_index, text_index] if use_similarity else None)
+    # each image is projected once, though it sits in up to three pairs
+    distinct, position = torch.unique(image_index, return_inverse=True)
+    memory = head.image_memory(image_tokens[distinct])[position]
+    logits = head.score(text_tokens[text_index, :length], text_mask[text_index, :length], memory,
+                        similarity.to(device)[image_index, text_index] if use_similarity else None)
     loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
 
     with torch.no_grad():

@@ -68,14 +68,24 @@ class MatchingHead(nn.Module):
         self.classifier = nn.Linear(width, 1)
         self.similarity_weight = nn.Parameter(torch.tensor(1.0))
 
+    def image_memory(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens [B, N, Ci] projected and normalised once: the keys/values every text paired
+        with that image attends to (training pairs an image with several texts)."""
+        return self.image_norm(self.image_proj(image_tokens))
+
     def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor,
                 similarity: torch.Tensor | None = None) -> torch.Tensor:
         """text_tokens [B, L, Ct], text_mask [B, L] (1 = real), image_tokens [B, N, Ci], optional
         contrastive logit of each pair [B] -> logits [B]."""
-        if text_tokens.shape[:2] != text_mask.shape or text_tokens.shape[0] != image_tokens.shape[0]:
+        return self.score(text_tokens, text_mask, self.image_memory(image_tokens), similarity)
+
+    def score(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_memory: torch.Tensor,
+              similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` on image tokens already through `image_memory` ([B, N, width])."""
+        if text_tokens.shape[:2] != text_mask.shape or text_tokens.shape[0] != image_memory.shape[0]:
             raise ValueError(
                 f"shape mismatch: text_tokens {tuple(text_tokens.shape)}, text_mask {tuple(text_mask.shape)}, "
-                f"image_tokens {tuple(image_tokens.shape)}"
+                f"image_tokens {tuple(image_memory.shape)}"
             )
         real = text_mask.bool()
         # An all-padding row would make every attention key masked (NaN); let it keep its first token.
@@ -83,9 +93,8 @@ class MatchingHead(nn.Module):
         padding = ~real
         # masked_fill rather than multiplying by the mask: padded values may be anything, even inf.
         text = self.text_proj(text_tokens.masked_fill(padding.unsqueeze(-1), 0.0))
-        image = self.image_norm(self.image_proj(image_tokens))
         for layer in self.layers:
-            text = layer(text, padding, image)
+            text = layer(text, padding, image_memory)
         text = self.norm(text).masked_fill(padding.unsqueeze(-1), 0.0)
         pooled = text.sum(dim=1) / real.sum(dim=1, keepdim=True).to(text.dtype)
         logits = self.classifier(pooled).squeeze(-1)
