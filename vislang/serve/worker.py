@@ -1,0 +1,137 @@
+"""ModelWorker: the one thread that runs the model and the index for the service.
+
+One thread, because a forward pass of the encoder already spreads over every core, so two run
+at once only share the cores and both finish later; and because faiss's thread count for a
+single query is a process-wide setting (search/device.py), which concurrent searches would race
+on. Requests queue here instead. Whatever is waiting when the thread comes free is taken
+together (at most `max_batch`), and the searches among it that ask the same options (k, kind,
+re-ranking, a text or not, a photo or not) go to `Index.search` as one batch: one forward pass
+of the encoder and one faiss call for all of them. No request waits for others to arrive: a
+lone request runs at once, and batches form only while the thread is busy, under load. Measured
+against one search per thread and against one search at a time: docs/BENCHMARKS.md, "Serve".
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image
+
+from ..search import Hit, Index
+
+DEFAULT_MAX_BATCH = 32
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The keyword arguments of `Index.search` that queries must share to be searched together."""
+
+    k: int
+    kind: str | None = None
+    rerank: int | None = None
+    reranker: bool = False
+    text_weight: float | None = None  # None: the index's default
+
+
+@dataclass
+class _Job:
+    future: Future
+    work: Callable[[], Any] | None = None  # anything but a search: run on its own
+    text: str | None = None
+    image: Image.Image | None = None
+    options: SearchOptions | None = None
+
+    def batch_key(self) -> tuple:
+        return self.options, self.text is not None, self.image is not None
+
+
+class ModelWorker:
+    def __init__(self, index: Index, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.index, self.max_batch = index, max_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.batch_sizes: Counter[int] = Counter()  # search batches run, by size: how much batching happened
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vislang-model", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def search(self, text: str | None, image: Image.Image | None, options: SearchOptions) -> Future[list[Hit]]:
+        """One query (a text, a photo, or both): its hits, best first, once searched."""
+        return self._put(_Job(Future(), text=text, image=image, options=options))
+
+    def call(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """`work(*args, **kwargs)` on the worker's thread, e.g. a caption or a goes-with."""
+        return self._put(_Job(Future(), work=lambda: work(*args, **kwargs)))
+
+    def _put(self, job: _Job) -> Future:
+        if self._thread is None:
+            raise RuntimeError("the model worker is not running (ModelWorker.start)")
+        self._jobs.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            waiting, stop = [job], False
+            while len(waiting) < self.max_batch:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                waiting.append(more)
+            # a request whose client has gone is cancelled by the server: skip its work
+            self._serve([job for job in waiting if job.future.set_running_or_notify_cancel()])
+            if stop:
+                return
+
+    def _serve(self, jobs: list[_Job]) -> None:
+        groups: dict[Any, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(id(job) if job.work else job.batch_key(), []).append(job)
+        for group in groups.values():
+            if group[0].work:
+                _settle(group[0].future, group[0].work)
+            else:
+                self._search(group)
+
+    def _search(self, group: list[_Job]) -> None:
+        first = group[0]
+        options = {name: value for name, value in asdict(first.options).items() if value is not None}
+        texts = [job.text for job in group] if first.text is not None else None
+        images = [job.image for job in group] if first.image is not None else None
+        try:
+            results = self.index.search(texts=texts, images=images, **options)
+        except Exception as err:  # noqa: BLE001 - handed to the request that caused it
+            if len(group) == 1:
+                first.future.set_exception(err)
+            else:  # one bad query must not fail the others: run each alone to find whose it is
+                for job in group:
+                    self._search([job])
+            return
+        self.batch_sizes[len(group)] += 1
+        for job, hits in zip(group, results):
+            job.future.set_result(hits)
+
+
+def _settle(future: Future, work: Callable[[], Any]) -> None:
+    try:
+        future.set_result(work())
+    except Exception as err:  # noqa: BLE001 - handed to the request that asked for the work
+        future.set_exception(err)
