@@ -28,12 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..api import MissingHeadError
-from ..config import one_line
 from ..search import Hit, Index, SearchError
 from ..search.hits import search_json
 from ..search.query import DEFAULT_TEXT_WEIGHT, check_query
 from .images import CatalogImages
-from .limits import ApiError, Limits
+from .limits import ApiError, BodyLimit, Limits, error_response
 from .uploads import decode_upload, upload_too_large
 from .worker import DEFAULT_MAX_BATCH, ModelWorker, SearchOptions
 
@@ -63,10 +62,10 @@ def create_app(index: Index, limits: Limits = Limits(), max_batch: int = DEFAULT
         worker.stop()
 
     app = FastAPI(title="vislang search", version=__version__, lifespan=lifespan,
-                  max_body_size=limits.max_upload_bytes + FORM_OVERHEAD,
                   description="Search a furniture catalog by text, by photo or both; captions and 'goes with'. "
                               "Every error is a JSON body {\"error\": \"...\"} with a 4xx status.")
     app.state.index, app.state.worker = index, worker
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD, message=upload_too_large(limits))
     _add_error_handlers(app, limits)
 
     def options(k: int, kind: str | None, rerank: int | None = None, reranker: bool = False,
@@ -157,35 +156,31 @@ async def done(future: Future) -> Any:
     return await asyncio.wrap_future(future)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def _add_error_handlers(app: FastAPI, limits: Limits) -> None:
     @app.exception_handler(ApiError)
     async def refused(_: Request, err: ApiError) -> JSONResponse:
-        return _error(err.status, err.message)
+        return error_response(err.status, err.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         messages = {413: upload_too_large(limits), 404: f"not found: {request.url.path}"}
-        return _error(err.status_code, messages.get(err.status_code, " ".join(str(err.detail).split())))
+        return error_response(err.status_code, messages.get(err.status_code, str(err.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         problems = ["{}: {}".format(".".join(str(part) for part in error["loc"][1:]) or "request", error["msg"])
                     for error in err.errors()]
-        return _error(422, one_line(Exception("; ".join(problems))))
+        return error_response(422, "; ".join(problems))
 
     @app.exception_handler(MissingHeadError)
     async def missing_head(_: Request, err: MissingHeadError) -> JSONResponse:
-        return _error(409, one_line(err))
+        return error_response(409, str(err))
 
     @app.exception_handler(SearchError)
     async def bad_query(_: Request, err: SearchError) -> JSONResponse:
-        return _error(422, one_line(err))
+        return error_response(422, str(err))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, f"internal error ({type(err).__name__}); the server goes on")
+        return error_response(500, f"internal error ({type(err).__name__}); the server goes on")

@@ -1,8 +1,13 @@
-"""What one request may ask of the service, and the error that refuses it with an HTTP status."""
+"""What one request may ask of the service, the error that refuses it, and the request body's cap."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MB = 2**20
 
@@ -46,3 +51,35 @@ class Limits:
         if not text and required:
             raise ApiError(422, "empty query: type what you are looking for")
         return text or None
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """Every error the service answers: {"error": "<one line>"}."""
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with a JSON 413, at once when
+    its Content-Length says so (before a byte of it is read), else as it streams in. (Starlette's
+    limiter answers a declared-too-long body in plain text, whatever the app's error handlers say.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, message: str) -> None:
+        self.app, self.max_bytes, self.message = app, max_bytes, message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await error_response(413, self.message)(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413)  # FastAPI re-raises it from the body's parsing; the app answers it
+            return message
+
+        await self.app(scope, counted, send)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -36,9 +37,14 @@ def app_from_environment() -> FastAPI:
     return load_app(ServeSettings(**json.loads(os.environ[ENVIRONMENT])))
 
 
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """uvicorn's settings for the service (the tests' live server uses them too)."""
+    return {"host": host, "port": port, "http": "h11", "h11_max_incomplete_event_size": MAX_REQUEST_HEAD}
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Serve until interrupted. With several workers each process loads its own model and index."""
-    options = {"host": host, "port": port, "http": "h11", "h11_max_incomplete_event_size": MAX_REQUEST_HEAD}
+    options = uvicorn_options(host, port)
     if workers == 1:
         app = load_app(settings)  # a missing index or checkpoint fails here, before the port is taken
         print(f"serving {settings.index}: {app.state.index.summary()}", flush=True)
