@@ -194,7 +194,7 @@ async function caption(file) {
       $("caption").hidden = false;
     }
   } catch (error) {
-    showError(error);
+    if (state.photo === file) showError(error);
   }
 }
 
