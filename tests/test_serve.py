@@ -1,12 +1,13 @@
 """`vislang serve` through FastAPI's test client: every endpoint, and every refusal as a 4xx JSON error."""
 from __future__ import annotations
 
-import http.client
+import importlib.util
 import io
 import json
-import struct
+import os
+import subprocess
+import sys
 import threading
-import zlib
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,10 @@ from vislang.serve.worker import ModelWorker, SearchOptions  # noqa: E402
 from conftest import live_server, train_tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("serve_load", ROOT / "bench" / "serve_load.py")
+serve_load = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serve_load)  # the bench's hostile requests and photo helpers
 
 HIT_KEYS = {"id", "kind", "score", "rerank_score", "title", "type", "color", "image", "thumb"}
 HOSTILE_IDS = ["../../etc/passwd", "%2e%2e%2fetc%2fpasswd", "..%2f..%2fetc%2fpasswd", "/etc/passwd", "nope"]
@@ -62,14 +67,6 @@ def headless_client(tiny_catalog, tmp_path_factory):
 
 def photo_bytes(path: Path) -> bytes:
     return Path(path).read_bytes()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A small, valid-looking PNG whose header declares width x height pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
 
 
 def refused(response, status: int, words: str = "") -> str:
@@ -217,7 +214,7 @@ def test_oversized_uploads_are_refused(client):
 
 def test_a_png_declaring_30000_by_30000_pixels_is_refused_from_its_header(client):
     for width, height, words in ((30000, 30000, "megapixels"), (10000, 6000, "10000x6000 pixels, at most 50 megapixels")):
-        data = png_declaring(width, height)
+        data = serve_load.png_declaring(width, height)
         assert len(data) < 1000
         refused(client.post("/api/search/image", files={"image": ("bomb.png", data, "image/png")}), 422, words)
         refused(client.post("/api/caption", files={"image": ("bomb.png", data, "image/png")}), 422, "image too large")
@@ -276,55 +273,27 @@ def test_empty_and_overlong_queries_are_refused(client, tiny_catalog):
     still_answers(client)
 
 
-def _raw(base: str, method: str, target: str, body=b"", headers: dict[str, str] | None = None):
-    """One request sent as written (no client normalises the path or caps the URL): (status, JSON body)."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        # a body that is not bytes (an iterator of chunks) goes chunked, with no Content-Length
-        connection.request(method, target, body=body, headers=headers or {}, encode_chunked=not isinstance(body, bytes))
-        response = connection.getresponse()
-        return response.status, response.getheader("content-type"), response.read()
-    finally:
-        connection.close()
-
-
-def _multipart(name: str, data: bytes, fields: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
-    boundary = "vislang-test-boundary"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-             for key, value in (fields or {}).items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                 "Content-Type: image/jpeg\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode())
-    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def test_hostile_requests_to_a_live_server(index, tiny_catalog):
-    """The issue's hostile requests, sent raw to uvicorn as `vislang serve` runs it: each a 4xx JSON
-    error, and the server answers a search afterwards."""
-    hostile = [("GET", "/api/search?q=" + "sofa%20" * 20_000, b"", 422, "query text too long"),  # 100 kB of text
-               ("GET", "/api/search?q=chair&k=1000000000", b"", 422, "k must be between"),
-               ("GET", "/api/search?q=", b"", 422, "empty query"),
-               ("GET", "/images/../../etc/passwd", b"", 404, "unknown id"),
-               ("GET", "/thumbs/%2e%2e%2f%2e%2e%2fetc%2fpasswd", b"", 404, "unknown id"),
-               ("GET", "/api/similar/..%2F..%2Fetc%2Fpasswd", b"", 404, "unknown id"),
-               ("GET", "/api/goes-with/../../../etc/passwd", b"", 404, "unknown id"),
-               ("POST", "/api/search/image", *_multipart("bomb.png", png_declaring(30000, 30000)), 422, "image too large"),
-               ("POST", "/api/search/image", *_multipart("notes.jpg", b"plain text\n" * 100), 415, "not an image"),
-               ("POST", "/api/caption", *_multipart("big.jpg", b"\xff\xd8" + b"\0" * (11 * 2**20)), 413, "at most 10 MB")]
+def test_hostile_requests_to_a_live_server(index):
+    """The issue's hostile requests, as bench/serve_load.py --hostile sends them (raw, to uvicorn run
+    as `vislang serve` runs it): each a 4xx JSON error, and a search answered after each."""
     with live_server(create_app(index)) as base:
-        for method, target, *request, status, words in hostile:
-            body, headers = (request[0], request[1]) if len(request) == 2 else (request[0], {})
-            got, content_type, text = _raw(base, method, target, body, headers)
-            assert (got, content_type) == (status, "application/json"), (target[:60], got, text[:200])
-            assert words in json.loads(text)["error"], (target[:60], text[:200])
-            got, _, text = _raw(base, "GET", "/api/search?q=a%20red%20chair&k=2")
-            assert got == 200 and len(json.loads(text)["results"]) == 2
-        # an oversized upload that declares no length (chunked): refused as it streams in
-        body, headers = _multipart("big.jpg", b"\xff\xd8" + b"\0" * (11 * 2**20))
-        chunks = (body[start : start + 2**20] for start in range(0, len(body), 2**20))
-        got, content_type, text = _raw(base, "POST", "/api/search/image", chunks, headers)
-        assert (got, content_type, json.loads(text)) == (413, "application/json", {"error": "upload too large: at most 10 MB"})
-        assert _raw(base, "GET", "/healthz")[0] == 200
+        report = serve_load.check_hostile(base)
+    assert len(report) == 12 and [entry for entry in report if not (entry["ok"] and entry["search_after"])] == []
+
+
+def test_the_load_bench_against_vislang_serve(index, tmp_path):
+    """bench/serve_load.py starts `vislang serve` itself, loads it with text and photo searches, and
+    prints its figures as JSON on the last line."""
+    index.save(tmp_path / "index")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--index", str(tmp_path / "index"),
+                           "--clients", "2", "--requests", "4", "--photo-share", "0.5", "--repeats", "1", "--json"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"p50_ms", "p99_ms", "errors", "requests", "rps"} <= set(result)
+    assert result["errors"] == 0 and result["requests"] == 8 and result["index_items"] == 56
+    assert 0 < result["p50_ms"] <= result["p99_ms"] and result["rps"] > 0
+    assert sum(result["per_repeat"][0][kind]["requests"] for kind in ("text", "photo")) == 8
 
 
 def test_a_model_without_heads_refuses_captions_and_rerank(headless_client, tiny_catalog):
