@@ -141,7 +141,11 @@ def test_photo_and_photo_plus_text_search(client, index, tiny_catalog):
     assert [hit["id"] for hit in response.json()["results"]] == [hit.id for hit in expected]
 
 
-def test_similar_leaves_the_item_out(client, index):
+def test_similar_is_a_search_by_the_items_own_photo_without_it(client, index, tiny_catalog):
+    own_photo = index.search(images=tiny_catalog / "images" / "products" / "000.000.00.jpg", k=5)[0]
+    assert own_photo[0].id == "000.000.00"
+    assert [hit.id for hit in index.similar("000.000.00", 4)] == [hit.id for hit in own_photo[1:]]
+    assert index.find("room03")["kind"] == "room" and index.find("nothing") is None
     body = client.get("/api/similar/000.000.00", params={"k": 4}).json()
     assert body["item"]["id"] == "000.000.00" and body["item"]["title"] == index.record("product", "000.000.00")["title"]
     ids = [hit["id"] for hit in body["results"]]
