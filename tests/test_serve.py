@@ -363,6 +363,31 @@ def test_waiting_searches_run_as_one_batch_with_each_its_own_answer(index):
         worker.stop()
 
 
+def test_waiting_texts_go_before_photos_and_calls_which_go_in_turn(index, tiny_catalog):
+    worker = ModelWorker(index)
+    worker.start()
+    try:
+        blocked = _Blocked()
+        worker.call(blocked)
+        assert blocked.started.wait(30)
+        finished: list[str] = []
+        photo = Image.open(tiny_catalog / "images" / "products" / "000.000.00.jpg").convert("RGB")
+        queued = {"photo": worker.search(None, photo, SearchOptions(k=3)), "call": worker.call(len, "abc"),
+                  "photo 2": worker.search(None, photo, SearchOptions(k=3)),
+                  "text 1": worker.search("a red chair", None, SearchOptions(k=3)),
+                  "text 2": worker.search("a blue lamp", None, SearchOptions(k=3))}
+        for name, future in queued.items():
+            future.add_done_callback(lambda _, name=name: finished.append(name))
+        blocked.release.set()
+        assert queued["call"].result(30) == 3 and all(len(future.result(30)) == 3 for name, future in queued.items() if name != "call")
+        # the texts, as one batch; then the oldest other unit (both photos, which share their
+        # options, as one batch); then the call
+        assert finished == ["text 1", "text 2", "photo", "photo 2", "call"]
+        assert worker.batch_sizes == {2: 2}
+    finally:
+        worker.stop()
+
+
 def test_one_bad_query_does_not_fail_its_batch(index, monkeypatch):
     worker = ModelWorker(index)
     worker.start()

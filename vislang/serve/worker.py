@@ -3,12 +3,15 @@
 One thread, because a forward pass of the encoder already spreads over every core, so two run
 at once only share the cores and both finish later; and because faiss's thread count for a
 single query is a process-wide setting (search/device.py), which concurrent searches would race
-on. Requests queue here instead. Whatever is waiting when the thread comes free is taken
-together (at most `max_batch`), and the searches among it that ask the same options (k, kind,
-re-ranking, a text or not, a photo or not) go to `Index.search` as one batch: one forward pass
-of the encoder and one faiss call for all of them. No request waits for others to arrive: a
-lone request runs at once, and batches form only while the thread is busy, under load. Measured
-against one search per thread and against one search at a time: docs/BENCHMARKS.md, "Serve".
+on. Requests queue here instead, and the thread works in rounds: it takes in whatever is queued,
+searches every waiting text query, grouped by the options they share (k, kind, re-ranking), each
+group as one `Index.search` call (one forward pass of the text tower and one faiss call, at most
+`max_batch` queries), then runs one other unit of work, the oldest: a group of photo searches
+(likewise) or a call (a caption, a goes-with, a "more like this"). A text query, cheap, then
+waits behind at most one costly unit, and the costly work still moves on every round.
+Nothing waits for a batch to fill: alone, a request runs at once; batches form while the thread is
+busy, under load. Measured against one search per thread-pool thread and against one search at a
+time: docs/BENCHMARKS.md, "Serve".
 """
 from __future__ import annotations
 
@@ -85,31 +88,48 @@ class ModelWorker:
         return job.future
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            waiting, stop = [job], False
-            while len(waiting) < self.max_batch:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                waiting.append(more)
-            # a request whose client has gone is cancelled by the server: skip its work
-            self._serve([job for job in waiting if job.future.set_running_or_notify_cancel()])
-            if stop:
-                return
+        """Rounds: take in what is queued; search every waiting text (grouped by options, at most
+        `max_batch` a batch); then run one other unit, the oldest: a group of photo searches (at
+        most `max_batch`) or one call. A text then waits for at most one such unit, and each round
+        moves the other work on, however many texts keep coming."""
+        pending: list[_Job] = []
+        stopping = False
+        while not (stopping and not pending):
+            stopping = self._take(pending, wait=not pending) or stopping
+            texts = [job for job in pending if job.work is None and job.image is None]
+            for group in _groups(texts).values():
+                for start in range(0, len(group), self.max_batch):
+                    self._run_search(group[start : start + self.max_batch])
+            others = [job for job in pending if job.work is not None or job.image is not None]
+            if others:
+                first = others[0]
+                if first.work:
+                    unit = [first]
+                    if first.future.set_running_or_notify_cancel():
+                        _settle(first.future, first.work)
+                else:
+                    unit = [job for job in others if not job.work and job.batch_key() == first.batch_key()][: self.max_batch]
+                    self._run_search(unit)
+                others = [job for job in others if all(job is not done for done in unit)]
+            pending = others
 
-    def _serve(self, jobs: list[_Job]) -> None:
-        groups: dict[Any, list[_Job]] = {}
-        for job in jobs:
-            groups.setdefault(id(job) if job.work else job.batch_key(), []).append(job)
-        for group in groups.values():
-            if group[0].work:
-                _settle(group[0].future, group[0].work)
-            else:
-                self._search(group)
+    def _take(self, pending: list[_Job], wait: bool) -> bool:
+        """Move the queued jobs to `pending` (waiting for one when `wait`); True once told to stop."""
+        while True:
+            try:
+                job = self._jobs.get() if wait else self._jobs.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            pending.append(job)
+            wait = False
+
+    def _run_search(self, group: list[_Job]) -> None:
+        # a request whose client has gone is cancelled by the server: skip its work
+        live = [job for job in group if job.future.set_running_or_notify_cancel()]
+        if live:
+            self._search(live)
 
     def _search(self, group: list[_Job]) -> None:
         first = group[0]
@@ -128,6 +148,14 @@ class ModelWorker:
         self.batch_sizes[len(group)] += 1
         for job, hits in zip(group, results):
             job.future.set_result(hits)
+
+
+def _groups(jobs: list[_Job]) -> dict[tuple, list[_Job]]:
+    """Searches by what they must share to be searched together, in order of their first arrival."""
+    groups: dict[tuple, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.batch_key(), []).append(job)
+    return groups
 
 
 def _settle(future: Future, work: Callable[[], Any]) -> None:
