@@ -102,15 +102,17 @@ def png_declaring(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
 
 
-def hostile_requests() -> list[tuple[str, str, str, bytes | Iterable[bytes], dict[str, str], int]]:
-    """(name, method, target, body, headers, expected status) of each request a public server meets."""
+def hostile_requests(caption: bool) -> list[tuple[str, str, str, bytes | Iterable[bytes], dict[str, str], int]]:
+    """(name, method, target, body, headers, expected status) of each request a public server meets.
+    `caption`: whether the server's model has a caption decoder (else a caption is refused first, 409)."""
     oversized, form = multipart("big.jpg", b"\xff\xd8" + b"\0" * (11 * 2**20))
     return [
         ("oversized upload (11 MB, Content-Length)", "POST", "/api/search/image", oversized, form, 413),
         ("oversized upload (11 MB, chunked)", "POST", "/api/search/image",
          (oversized[i : i + 2**20] for i in range(0, len(oversized), 2**20)), form, 413),
         ("PNG declaring 30000x30000 pixels", "POST", "/api/search/image", *multipart("bomb.png", png_declaring(30000, 30000)), 422),
-        ("PNG declaring 30000x30000 pixels, caption", "POST", "/api/caption", *multipart("bomb.png", png_declaring(30000, 30000)), 422),
+        ("PNG declaring 30000x30000 pixels, caption", "POST", "/api/caption", *multipart("bomb.png", png_declaring(30000, 30000)),
+         422 if caption else 409),
         ("text file named .jpg", "POST", "/api/search/image", *multipart("notes.jpg", b"just some text\n" * 200), 415),
         ("id ../../etc/passwd (image)", "GET", "/images/../../etc/passwd", b"", {}, 404),
         ("id %2e%2e%2f (thumbnail)", "GET", "/thumbs/%2e%2e%2f%2e%2e%2fetc%2fpasswd", b"", {}, 404),
@@ -125,7 +127,7 @@ def hostile_requests() -> list[tuple[str, str, str, bytes | Iterable[bytes], dic
 def check_hostile(base: str) -> list[dict[str, Any]]:
     """Each hostile request's answer, and whether a search was answered right after it."""
     report = []
-    for name, method, target, body, headers, expected in hostile_requests():
+    for name, method, target, body, headers, expected in hostile_requests(health(base)["caption"]):
         try:
             status, content_type, text = send(base, method, target, body, headers)
             error = json.loads(text).get("error") if content_type.startswith("application/json") else None
