@@ -126,7 +126,7 @@ class ModelWorker:
             wait = False
 
     def _run_search(self, group: list[_Job]) -> None:
-        # a request whose client has gone is cancelled by the server: skip its work
+        # a search whose future was cancelled (its request abandoned) is not run
         live = [job for job in group if job.future.set_running_or_notify_cancel()]
         if live:
             self._search(live)
