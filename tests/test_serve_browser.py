@@ -3,7 +3,8 @@ against `vislang serve`'s app under uvicorn on loopback, over a small synthetic 
 
 It types a query and sees result images, clicks a result and sees similar items (and what goes
 with them), goes back, uploads a photo and sees results and a caption, narrows the photo with a
-text, downloads the results as JSON, and opens a shared address on a phone-sized screen. The
+text, downloads the results as JSON, opens a shared address on a phone-sized screen, drops a photo
+on the page and sees a refusal's message. The
 screenshots go to the test's tmp folder; with VISLANG_SCREENSHOTS=DIR they are copied there too.
 README's docs/serve.png is `serve.png` of such a run (VISLANG_SCREENSHOTS=/tmp/shots, then copy it).
 """
@@ -153,10 +154,23 @@ def test_search_click_photo_caption_download_and_phone(site, browser, tmp_path):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
-def test_a_refusal_shows_its_message(site, browser, tmp_path):
+DROP = """async ([url, name]) => {
+    const photo = new File([await (await fetch(url)).blob()], name, {type: "image/jpeg"});
+    const transfer = new DataTransfer();
+    transfer.items.add(photo);
+    document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_a_dropped_photo_and_a_refusal(site, browser, tmp_path):
     base, _ = site
     page = browser.new_page()
     page.goto(base + "/")
+    expect(page.locator("#catalog")).not_to_be_empty()
+    page.evaluate(DROP, [base + "/images/016.000.00", "dropped.jpg"])  # a green lamp, dragged in
+    expect(page.locator("#status")).to_have_text("24 results like your photo")
+    assert shown_ids(page)[0] == "016.000.00"
+    expect(page.locator("#caption")).to_be_visible()
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo\n" * 50)
     page.set_input_files("#photo", str(notes))
