@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { health: null, photo: null, last: null, busy: 0 };
+// turn: the number of the latest search; an answer to an earlier one arrives late and is dropped
+const state = { health: null, photo: null, last: null, turn: 0 };
 
 function kind() {
   return document.querySelector('input[name="kind"]:checked').value;
@@ -88,14 +89,13 @@ function clearFocus() {
 }
 
 async function running(work) {
+  const turn = ++state.turn;
+  const current = () => turn === state.turn;
   showError(null);
-  document.body.classList.add("busy");
   try {
-    await work();
+    await work(current);
   } catch (error) {
-    showError(error);
-  } finally {
-    document.body.classList.remove("busy");
+    if (current()) showError(error);
   }
 }
 
@@ -108,27 +108,28 @@ function searchText(text, push) {
   $("q").value = q;
   remember({ q, kind: kind() }, push);
   clearFocus();
-  return running(async () => {
+  return running(async (current) => {
     setStatus("Searching…");
     const params = new URLSearchParams({ q, k: "24" });
     if (kind()) params.set("kind", kind());
     const result = await api(`/api/search?${params}`);
-    render(result, (n) => `${n} results for “${q}”`);
+    if (current()) render(result, (n) => `${n} results for “${q}”`);
   });
 }
 
 function similar(id, ofKind, push) {
   remember({ similar: id, of: ofKind, kind: kind() }, push);
   window.scrollTo({ top: 0, behavior: "smooth" });
-  return running(async () => {
+  return running(async (current) => {
     setStatus("Searching…");
     const params = new URLSearchParams({ k: "24" });
     if (kind()) params.set("kind", kind());
     const result = await api(`/api/similar/${encodeURIComponent(id)}?${params}`);
+    if (!current()) return;
     focus(result.item);
     render(result, (n) => `${n} things like “${result.item.title}”`);
     if (result.item.kind === "product" && state.health.kinds.room) {
-      await goesWith(result.item);
+      await goesWith(result.item, current);
     }
   });
 }
@@ -141,8 +142,9 @@ function focus(item) {
   $("focus").hidden = false;
 }
 
-async function goesWith(item) {
+async function goesWith(item, current) {
   const result = await api(`/api/goes-with/${encodeURIComponent(item.id)}?k=12`);
+  if (!current()) return;
   $("goes-with-strip").replaceChildren(...result.products.map(card));
   $("goes-with").hidden = result.products.length === 0;
 }
@@ -179,10 +181,10 @@ function searchPhoto() {
   const text = $("photo-q").value.trim();
   remember({ kind: kind() }, true);
   clearFocus();
-  return running(async () => {
+  return running(async (current) => {
     setStatus("Searching by photo…");
     const result = await api("/api/search/image", { method: "POST", body: photoForm({ q: text, k: "24", kind: kind() }) });
-    render(result, (n) => `${n} results like your photo${text ? `, ${text}` : ""}`);
+    if (current()) render(result, (n) => `${n} results like your photo${text ? `, ${text}` : ""}`);
   });
 }
 
