@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +37,9 @@ def _draw(shape: str, colour: tuple[int, int, int], size: int = 48, seed: int = 
     return Image.fromarray(pixels)
 
 
-def make_catalog(root: Path, per_cell: int = 3) -> Path:
-    """Write a tiny catalog in the IKEA layout: coloured-shape products, and rooms that contain them."""
+def make_catalog(root: Path, per_cell: int = 3, size: int = 48) -> Path:
+    """Write a tiny catalog in the IKEA layout: coloured-shape products, and rooms that contain them.
+    `size`: the products' side in pixels (rooms in proportion); larger only where people look at them."""
     (root / "images" / "products").mkdir(parents=True, exist_ok=True)
     (root / "images" / "rooms").mkdir(parents=True, exist_ok=True)
     products, n = [], 0
@@ -43,7 +47,7 @@ def make_catalog(root: Path, per_cell: int = 3) -> Path:
         for name, rgb in COLOURS.items():
             for k in range(per_cell):
                 pid = f"{n:03d}.000.00"
-                _draw(shape, rgb, seed=n).save(root / "images" / "products" / f"{pid}.jpg")
+                _draw(shape, rgb, size, seed=n).save(root / "images" / "products" / f"{pid}.jpg")
                 split = ("train", "train", "val", "test")[n % 4] if k else "train"
                 products.append({"id": pid, "name": f"ITEM{n}", "type": shape.title(), "color": name.title(),
                                  "size": "", "description": f"A {name} {shape}.", "category": None,
@@ -52,8 +56,9 @@ def make_catalog(root: Path, per_cell: int = 3) -> Path:
     rooms = []
     for i, shape in enumerate(SHAPES * 2):
         rid = f"room{i:02d}"
-        img = Image.new("RGB", (64, 48), (240, 230, 220))
-        img.paste(_draw(shape, COLOURS["red"], 32, seed=i), (16, 8))
+        scale = size / 48
+        img = Image.new("RGB", (round(64 * scale), size), (240, 230, 220))
+        img.paste(_draw(shape, COLOURS["red"], round(32 * scale), seed=i), (round(16 * scale), round(8 * scale)))
         img.save(root / "images" / "rooms" / f"{rid}.jpg")
         linked = [p["id"] for p in products if p["type"].lower() == shape][:3]
         rooms.append({"id": rid, "title": f"a room with a {shape}", "category": ["Bedroom", "Kitchen"][i % 2],
@@ -85,3 +90,59 @@ def one_thread():
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VISLANG_CACHE", str(tmp_path / "cache"))
 
+
+
+TINY_TRAINING = ["model.image.image_size=32", "train.batch_size=12", "train.epochs=2", "train.checkpoint_every=100"]
+
+
+def train_tiny(catalog: Path, output: Path, *overrides: str) -> Path:
+    """A model of configs/tiny.yaml (a matching head and a caption decoder unless overridden),
+    trained on `catalog` in seconds; its final checkpoint."""
+    import torch
+
+    from vislang.config import load_config
+    from vislang.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    try:
+        config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [*TINY_TRAINING, *overrides])
+        return train(config, data=str(catalog), output=output)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_catalog, tmp_path_factory) -> Path:
+    """The tiny catalog's model, with both heads, trained once per session."""
+    return train_tiny(tiny_catalog, tmp_path_factory.mktemp("tiny-model") / "run")
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """`app` under uvicorn, as `vislang serve` runs it, on a free loopback port: yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from vislang.serve.run import uvicorn_options
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    host, port = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(host, port), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started, "the server did not start in 30 s"
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -61,8 +61,12 @@ class VisLang:
             out.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy())
         return np.concatenate(out)
 
+    def has(self, head: str) -> bool:
+        """Whether the model was trained with a head: "matching" (match, re-ranking) or "decoder" (caption)."""
+        return getattr(self.model, head, None) is not None
+
     def _require(self, head: str, config_key: str) -> None:
-        if getattr(self.model, head) is None:
+        if not self.has(head):
             raise MissingHeadError(f"this model has no {head} head: train it with model.{config_key}.enabled=true")
 
     @torch.inference_mode()

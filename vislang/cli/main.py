@@ -175,18 +175,15 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
 
 def _open_index(args: argparse.Namespace):
-    """The index of --index, with the model of --checkpoint or --device when given (checked to be
-    the index's own model), else its own checkpoint, loaded when first needed."""
-    from ..api import load
-    from ..search import Index
+    """The index of --index, with the model of --checkpoint or --device when given."""
+    from ..search.index import open_index
 
-    index = Index.load(args.index)
-    if args.checkpoint or args.device:
-        index.use_model(load(args.checkpoint or index.checkpoint, device=args.device))
-    return index
+    return open_index(args.index, args.checkpoint, args.device)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ..search.hits import search_json
+
     if args.text_weight is not None and not (args.image and args.query):
         raise CliError("--text-weight weighs a text query against a photo query: give both, or leave it out")
     index = _open_index(args)
@@ -195,8 +192,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = index.search(texts=text, images=args.image, k=args.k, kind=args.kind, rerank=args.rerank,
                         reranker=args.reranker, **weight)[0]
     if args.json:
-        print(json.dumps({"query": text, "image": args.image, "kind": args.kind, "k": args.k, "rerank": args.rerank,
-                          "reranker": args.reranker, "results": [hit.to_json() for hit in hits]}))
+        print(json.dumps(search_json(hits, text, args.image, args.kind, args.k, args.rerank, args.reranker)))
         return 0
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:3d}  {_hit_line(hit)}")
@@ -215,8 +211,7 @@ def cmd_goes_with(args: argparse.Namespace) -> int:
     index = _open_index(args)
     result = index.goes_with(args.query, k=args.k, rooms=args.rooms)
     if args.json:
-        print(json.dumps({"query": args.query, "products": [hit.to_json() for hit in result.products],
-                          "rooms": [{**hit.to_json(), "anchor": result.anchors[hit.id]} for hit in result.rooms]}))
+        print(json.dumps(result.to_json(args.query)))
         return 0
     print(f"rooms showing products like {args.query}:")
     for hit in result.rooms:
@@ -224,6 +219,14 @@ def cmd_goes_with(args: argparse.Namespace) -> int:
     print("goes with:")
     for rank, hit in enumerate(result.products, 1):
         print(f"{rank:3d}  {_hit_line(hit)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve.run import ServeSettings, serve
+
+    batch = {} if args.max_batch is None else {"max_batch": args.max_batch}
+    serve(ServeSettings(args.index, args.checkpoint, args.device, **batch), args.host, args.port, args.workers)
     return 0
 
 
@@ -347,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_goes_with)
+
+    p = sub.add_parser("serve", help="serve an index over HTTP: a search API and a web page at /")
+    p.add_argument("--index", required=True, help="index folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=at_least(1), default=8000, help="port (default: 8000)")
+    p.add_argument("--workers", type=at_least(1), default=1,
+                   help="server processes, each with its own model and index (default: 1)")
+    p.add_argument("--max-batch", type=at_least(1), metavar="N",
+                   help="most waiting searches encoded together in one batch (default: 32; 1: one at a time)")
+    p.add_argument("--checkpoint", help="the index's checkpoint, if it moved")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Search: a FAISS index over a trained model's image embeddings (on the GPU when faiss sees one).
 
-    index.py      Index: build / add / search (opt-in re-ranker) / goes_with, and the index folder on disk
+    index.py      Index: build / add / search (opt-in re-ranker) / similar / goes_with, and the index folder on disk
     factory.py    which FAISS index for how many vectors (`auto`), building it, tuning nprobe/efSearch
     device.py     GPU or CPU placement of a FAISS index
     embed.py      embedding a collection in batches, with a progress bar

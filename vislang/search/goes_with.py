@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from ..data.images import ImageLike, ImageLoadError
 from .errors import QueryError
-from .hits import Hit
+from .hits import Hit, HitJson
 
 if TYPE_CHECKING:
     from .index import Index
@@ -31,6 +31,11 @@ class GoesWith:
     products: list[Hit]  # best first; each hit's `rooms` are the rooms it was found in
     rooms: list[Hit]  # the rooms used, best first, scored by their anchor's similarity to the query
     anchors: dict[str, str] = field(default_factory=dict)  # room id -> its product most like the query
+
+    def to_json(self, query: str, hit_json: HitJson = Hit.to_json) -> dict[str, Any]:
+        """What `vislang goes-with --json` prints and the service's goes-with endpoint returns."""
+        return {"query": query, "products": [hit_json(hit) for hit in self.products],
+                "rooms": [{**hit_json(hit), "anchor": self.anchors[hit.id]} for hit in self.rooms]}
 
 
 def resolve_query(index: Index, query: str | ImageLike) -> tuple[ImageLike, set[str]]:

@@ -1,6 +1,7 @@
 """What the index stores per vector (a record) and what a search returns (a Hit)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,14 @@ class Hit:
         if not self.rooms:
             del out["rooms"]
         return out
+
+
+HitJson = Callable[["Hit"], dict[str, Any]]
+
+
+def search_json(hits: Sequence[Hit], query: str | None, image: str | None, kind: str | None, k: int,
+                rerank: int | None, reranker: bool, hit_json: HitJson = Hit.to_json) -> dict[str, Any]:
+    """What `vislang search --json` prints and the service's search endpoints return: the query
+    and its hits, each as `hit_json` writes it (the service names images by URL, not by path)."""
+    return {"query": query, "image": image, "kind": kind, "k": k, "rerank": rerank, "reranker": reranker,
+            "results": [hit_json(hit) for hit in hits]}

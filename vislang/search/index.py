@@ -93,8 +93,9 @@ class _Part:
         set_search_params(self.searcher, self.tuning.params)
 
     @cached_property
-    def by_id(self) -> dict[str, Record]:
-        return {record["id"]: record for record in self.records}
+    def labels(self) -> dict[str, int]:
+        """Each item id -> its row (its FAISS label)."""
+        return {record["id"]: label for label, record in enumerate(self.records)}
 
     def rows(self, labels: Sequence[int]) -> np.ndarray:
         """The vectors stored at rows `labels`, decoded from the CPU index (exact for Flat, IVF-Flat
@@ -109,7 +110,7 @@ class _Part:
         if self.searcher is not self.index:
             self.index = to_cpu(self.searcher)  # the saved copy follows
         self.records += records
-        self.__dict__.pop("by_id", None)
+        self.__dict__.pop("labels", None)
 
 
 class Index:
@@ -259,18 +260,29 @@ class Index:
 
     def record(self, kind: str, item_id: str) -> Record | None:
         part = self.parts.get(kind)
-        return part.by_id.get(item_id) if part else None
+        label = part.labels.get(item_id) if part else None
+        return None if label is None else part.records[label]
 
-    def _ids(self, kind: str) -> dict[str, Record]:
-        return self.parts[kind].by_id if kind in self.parts else {}
+    def find(self, item_id: str) -> Record | None:
+        """The record of an indexed item by its id alone; an id that two kinds share is the first
+        kind's in the index's order."""
+        return next(filter(None, (self.record(kind, item_id) for kind in self.parts)), None)
 
-    def _parts_for(self, kind: str | None) -> list[_Part]:
+    def _ids(self, kind: str) -> dict[str, int]:
+        return self.parts[kind].labels if kind in self.parts else {}
+
+    def check_kind(self, kind: str | None) -> str | None:
+        """The index's name for a kind ("rooms" -> "room"), None for every kind; an unknown kind is refused."""
         if kind is None:
-            return list(self.parts.values())
+            return None
         name = KIND_ALIASES.get(kind, kind)
         if name not in self.parts:
             raise QueryError(f"unknown kind {kind!r}: this index holds {', '.join(self.parts) or 'nothing'}")
-        return [self.parts[name]]
+        return name
+
+    def _parts_for(self, kind: str | None) -> list[_Part]:
+        name = self.check_kind(kind)
+        return list(self.parts.values()) if name is None else [self.parts[name]]
 
     def search(
         self,
@@ -296,6 +308,17 @@ class Index:
         if rerank:
             results = [rerank_hits(self.model, text, hits, rerank) for text, hits in zip(texts, results)]
         return [hits[:k] for hits in results]
+
+    def similar(self, item_id: str, k: int = 10, kind: str | None = None) -> list[Hit]:
+        """"More like this": the k items nearest an indexed item's stored embedding (of `kind`, or
+        every kind), the item itself left out. `item_id` is looked up as `find` does."""
+        record = self.find(item_id)
+        if record is None:
+            raise QueryError(f"unknown id {item_id!r}: no item in the index has it")
+        check_query([], [record["image"]], k, None, DEFAULT_TEXT_WEIGHT)
+        vector = self.embeddings(record["kind"], [self.parts[record["kind"]].labels[item_id]])
+        hits = self._search(vector, k + 1, kind)[0]
+        return [hit for hit in hits if (hit.kind, hit.id) != (record["kind"], item_id)][:k]
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, kind: str | None = None) -> list[list[Hit]]:
         """Search with query vectors already made (unit rows of the model's dimension), by cosine."""
@@ -404,6 +427,15 @@ class Index:
         if model is not None:
             index.use_model(model)
         return index
+
+
+def open_index(path: str | Path, checkpoint: str | Path | None = None, device: str | None = None) -> Index:
+    """The index at `path`, with the model of `checkpoint` or on `device` when given (checked to
+    be the index's own model: `Index.use_model`), else its own checkpoint, loaded when first needed."""
+    index = Index.load(path)
+    if checkpoint or device:
+        index.use_model(load(checkpoint or index.checkpoint, device=device))
+    return index
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
