@@ -71,18 +71,31 @@ class VisLang:
 
     @torch.inference_mode()
     def match(self, images: Sequence[ImageLike], texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """[N] probability that images[i] matches texts[i], from the matching head."""
+        """[N] probability that images[i] matches texts[i], from the matching head. An image that
+        comes in several pairs (a re-ranked shortlist, a caption's beams) goes through the image
+        tower once."""
         self._require("matching", "matching")
         if len(images) != len(texts):
             raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
+        keys = [str(Path(item).resolve()) if isinstance(item, (str, Path)) else id(item) for item in images]
+        distinct = {key: row for row, key in enumerate(dict.fromkeys(keys))}
+        firsts = list({key: item for key, item in zip(keys, images)}.values())
+        memory, image_emb = [], []
+        for start in batch_starts(len(firsts), batch_size):
+            pixels = to_pixels(firsts[start : start + batch_size], self.image_size).to(self.device)
+            part_memory, part_emb = self.model.image_memory(pixels)
+            memory.append(part_memory)
+            image_emb.append(part_emb)
+        rows = torch.tensor([distinct[key] for key in keys], dtype=torch.long, device=self.device)
+        memory_all = torch.cat(memory) if memory else None
+        emb_all = torch.cat(image_emb) if image_emb else None
         logits = [np.zeros(0, np.float32)]
         for start in batch_starts(len(texts), batch_size):
-            pixels = to_pixels(images[start : start + batch_size], self.image_size).to(self.device)
-            memory, image_emb = self.model.image_memory(pixels)
+            pair = rows[start : start + batch_size]
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
-            similarity = self.model.logit_scale.exp() * (image_emb * self.model.project_text(text_pooled, ids, mask)).sum(-1)
-            logits.append(self.model.matching(text_tokens, mask, memory, similarity).float().cpu().numpy())
+            similarity = self.model.logit_scale.exp() * (emb_all[pair] * self.model.project_text(text_pooled, ids, mask)).sum(-1)
+            logits.append(self.model.matching(text_tokens, mask, memory_all[pair], similarity).float().cpu().numpy())
         return torch.sigmoid(torch.from_numpy(np.concatenate(logits))).numpy()
 
     def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32,
