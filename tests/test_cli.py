@@ -109,11 +109,14 @@ def test_damaged_checkpoint_and_manifest_are_one_line_errors(tiny_catalog, tmp_p
     result = run_cli("eval", "--checkpoint", str(weights.parent), "--data", str(tiny_catalog))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model.safetensors is damaged" in result.stderr.strip().splitlines()[-1]
-    broken = tmp_path / "broken.jsonl"
+    broken = tmp_path / "broken.jsonl"  # a row naming a missing image, a line that is not JSON: nothing usable
     broken.write_text('{"image": "a.png", "captions": ["x"]}\n{not json\n')
     result = run_cli("train", "--config", "tiny", "--data", str(broken), "--output", str(tmp_path / "r2"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "not a valid manifest" in result.stderr.strip().splitlines()[-1]
+    assert "holds no usable images (2 rows skipped" in result.stderr.strip().splitlines()[-1]
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 4)  # not a manifest at all
+    result = run_cli("train", "--config", "tiny", "--data", str(tmp_path / "binary.jsonl"), "--output", str(tmp_path / "r3"))
+    assert result.returncode == 2 and "not a valid manifest" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("override, message", [

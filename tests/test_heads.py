@@ -150,7 +150,15 @@ def test_caption_cli(heads_run, tiny_catalog, tmp_path):
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 broken")
-    for bad in (tmp_path / "missing.jpg", corrupt):
-        result = _cli("caption", "--checkpoint", str(heads_run), str(image), str(bad))
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert bad.name in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    # unreadable images beside a good one are skipped with one counted warning; the good one is captioned
+    result = _cli("caption", "--checkpoint", str(heads_run), str(image), str(tmp_path / "missing.jpg"), str(corrupt))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split("\t")[0] for line in result.stdout.strip().splitlines()] == [str(image)]
+    warning = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "skipped 2 unreadable images (1 image not found, 1 not a readable image)" in warning[0]
+    assert "missing.jpg" in warning[0]
+    # none readable: one line, exit 2
+    result = _cli("caption", "--checkpoint", str(heads_run), str(corrupt))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("vislang caption: error: nothing to caption: none of the 1")
+    assert "corrupt.jpg" in result.stderr.strip().splitlines()[-1]
