@@ -187,7 +187,7 @@ def _verify(dataset: Path, counts: Mapping[str, int], minimum: Mapping[str, int]
             load_image(image, min_side=64)
         except ImageLoadError as err:
             skipped.add(err)
-    skipped.warn("images of the downloaded dataset (their rows are skipped when the catalog is read)")
+    skipped.warn("images of the downloaded dataset, whose rows are skipped when the catalog is read")
     return len(skipped.skipped)
 
 

@@ -111,7 +111,7 @@ def skipping_unreadable(work: Callable[[Catalog], Result], catalog: Catalog) -> 
         except UnreadableImages as err:
             unreadable.update(err.errors)
             catalog = catalog.without_images(set(err.errors))
-    SkipCounter(list(unreadable.values())).warn("images (their items are left out of the evaluation)")
+    SkipCounter(list(unreadable.values())).warn("images, whose items are left out of the evaluation")
     return result, catalog
 
 
