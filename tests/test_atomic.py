@@ -224,11 +224,10 @@ def test_an_image_bank_build_that_fails_is_rebuilt_whole(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def untrained_model(tiny_model, tmp_path_factory):
+def untrained_model(untrained_checkpoint):
     import vislang
 
-    model, tokenizer, config = tiny_model
-    return vislang.load(save_checkpoint(tmp_path_factory.mktemp("untrained"), 1, model, tokenizer, config), device="cpu")
+    return vislang.load(untrained_checkpoint, device="cpu")
 
 
 @pytest.mark.usefixtures("one_thread")
