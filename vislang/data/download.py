@@ -150,7 +150,7 @@ def _fetch(url: str, out: Path) -> str:
 
 def _download_failed(url: str, reason: object) -> str:
     return (
-        f"IKEA dataset download failed: could not fetch {url} ({reason}). "
+        f"IKEA dataset download failed ({url}: {reason}). "
         "If this machine is offline, get a converted copy of the dataset (the folder "
         "with products.jsonl, rooms.jsonl and images/) some other way and point "
         "--data or the VISLANG_DATA environment variable at it instead, or run "
