@@ -15,6 +15,8 @@ from vislang.data.pairs import PairSampler
 from vislang.data.pixels import augment, build_image_bank
 from vislang.models import create_model
 from vislang.train.distributed import Ranks
+
+pytestmark = pytest.mark.slow  # optimiser steps on real towers, about a minute here: `pytest -m 'not slow'` leaves it out
 from vislang.train.step import (
     forward_backward, inverse_caption_frequency, make_optimizer, optimizer_step, speed_up, text_feature_cache)
 
