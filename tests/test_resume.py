@@ -139,3 +139,30 @@ def test_a_resumed_logger_cuts_the_log_back_to_its_checkpoint_and_drops_a_torn_l
     logger.log(4, loss=0.5)
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (2, 0.5), (3, 1 / 3),
                                                                                           (4, 0.5)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_main_loop_saves_a_checkpoint_and_exits_130(tiny_catalog, tmp_path, monkeypatch, capsys):
+    from vislang.cli.main import main
+    from vislang.train import loop
+
+    real, calls = loop.forward_backward, []
+
+    def interrupted_at_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", interrupted_at_step_5)
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(CONFIG), "--data", str(tiny_catalog), "--output", str(out), *RUN[:4],
+            "train.epochs=3", "train.checkpoint_every=100", "model.matching.enabled=false", "model.decoder.enabled=false"]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert f"interrupted at step 4; saved {out / 'checkpoints' / 'step-0000004'} (continue with --resume)" in captured.out
+    assert captured.err.strip().splitlines()[-1] == "vislang train: interrupted"
+    monkeypatch.undo()
+    assert main(argv[:1] + ["--resume"] + argv[1:]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == list(range(1, 10))
