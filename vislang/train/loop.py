@@ -40,7 +40,7 @@ from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
 from .state import RunState
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
-                   optimizer_step, set_lr, speed_up, text_feature_cache, TrainingDiverged)
+                   set_lr, speed_up, text_feature_cache, TrainingDiverged)
 
 CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
 
