@@ -606,3 +606,23 @@ def test_a_first_demo_with_no_catalog_downloads_it_and_goes_on(tmp_path: Path, s
     assert "test split" in captured.out and (tmp_path / "demo" / "results.png").is_file()
     metrics = json.loads((tmp_path / "demo" / "test_metrics.json").read_text())
     assert metrics["product_text2image_r10"] > 0
+
+
+def test_a_download_stopped_before_it_is_published_leaves_nothing_and_can_be_run_again(tmp_path: Path, served,
+                                                                                         monkeypatch) -> None:
+    from vislang import atomic
+
+    folder, base = served
+    _serve_archive(tmp_path, folder)
+
+    def fault(kind: str, path: Path) -> None:  # converted and verified, not yet renamed into place
+        if kind == "download":
+            raise RuntimeError(f"injected fault at {path}")
+
+    monkeypatch.setattr(atomic, "fault_hook", fault)
+    parent = tmp_path / "data"
+    with pytest.raises(RuntimeError, match="injected fault"):
+        download_ikea(parent / "ikea", url=f"{base}/master.zip")
+    assert list(parent.iterdir()) == []  # neither the dataset nor the archive or its temporaries
+    monkeypatch.setattr(atomic, "fault_hook", None)
+    assert len(_rows(download_ikea(parent / "ikea", url=f"{base}/master.zip") / "products.jsonl")) == len(ALL_IDS)
