@@ -74,6 +74,23 @@ def tiny_catalog(tmp_path_factory) -> Path:
     return make_catalog(tmp_path_factory.mktemp("catalog"))
 
 
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny config's model as built, not trained (no heads): what tests of
+    saving, loading and searching need, without the cost of a training run."""
+    import torch
+
+    from vislang.checkpoint import save_checkpoint
+    from vislang.config import load_config
+    from vislang.models import create_model
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+                         ["model.matching.enabled=false", "model.decoder.enabled=false"])
+    torch.manual_seed(0)
+    model, tokenizer = create_model(config["model"])
+    return save_checkpoint(tmp_path_factory.mktemp("untrained"), 1, model, tokenizer, config)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: with several threads, synchronisation costs more than the maths (5-10x slower

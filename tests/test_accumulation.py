@@ -18,6 +18,8 @@ from vislang.train.distributed import Ranks
 from vislang.train.step import (
     forward_backward, inverse_caption_frequency, make_optimizer, optimizer_step, speed_up, text_feature_cache)
 
+pytestmark = pytest.mark.slow  # optimiser steps on real towers, about a minute here: `pytest -m 'not slow'` leaves it out
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 OVERRIDES = ["model.image.name=convnext_atto", "model.image.image_size=32", "train.batch_size=16", "train.link_weight=0.5",
              "train.matching_batch=8", "train.caption_batch=8", "train.heads_train_towers=false"]

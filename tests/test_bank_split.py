@@ -55,6 +55,7 @@ def run(tiny_catalog, tmp_path_factory):
             "cache": root / "two"}
 
 
+@pytest.mark.slow
 def test_two_ranks_decode_their_own_shards_into_the_single_process_bank(run):
     paths, (bank, ok), ranks = run["paths"], run["single"], run["ranks"]
     assert sorted(ranks) == [0, 1]
@@ -77,6 +78,7 @@ def test_two_ranks_decode_their_own_shards_into_the_single_process_bank(run):
     assert ok_again == ok and torch.equal(again, bank)
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_in_one_ranks_shard_is_skipped_and_counted_once(run):
     paths, (_, ok), ranks = run["paths"], run["single"], run["ranks"]
     broken = next(i for i, path in enumerate(paths) if path.parent.name == "shard-000001.tar"

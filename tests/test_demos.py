@@ -10,6 +10,8 @@ from vislang.checkpoint import save_checkpoint
 from vislang.config import load_config
 from vislang.models import create_model
 
+pytestmark = pytest.mark.slow  # trains a model or spawns processes: `pytest -m 'not slow'` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

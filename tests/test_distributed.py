@@ -13,6 +13,8 @@ import pytest
 
 from vislang.train.logger import read_metrics
 
+pytestmark = pytest.mark.slow  # trains a model or spawns processes: `pytest -m 'not slow'` leaves it out
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 OVERRIDES = ["model.image.name=convnext_atto", "model.image.image_size=32", "train.batch_size=16", "train.epochs=2",
              "train.warmup_steps=2", "train.log_every=1", "train.lr=1e-3", "train.caption_batch=8", "train.matching_batch=8",

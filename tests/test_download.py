@@ -7,11 +7,15 @@ PIL and pickles shaped like the originals. Nothing here touches the network.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
+import http.server
 import io
 import json
 import os
 import pickle
+import re
+import threading
 import zipfile
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from vislang.data.download import (
     download_ikea,
     room_title,
 )
+from vislang.data import locate
 from vislang.data.safe_pickle import UnsafePickleError, safe_load
 
 PRODUCT_FIELDS = [
@@ -472,3 +477,152 @@ def test_download_refuses_non_empty_dest(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         download_ikea(dest, url="http://127.0.0.1:9/x.zip")
     assert (dest / "keep.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- over HTTP, on loopback
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the folder; /cut/NAME sends NAME's Content-Length but only half its bytes."""
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/cut/"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path[len("/cut/"):]).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """(folder, base URL): an HTTP server on 127.0.0.1 serving `folder`, for the test's duration."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _serve_archive(tmp_path: Path, folder: Path) -> Path:
+    """The miniature repository's archive, in the served folder as master.zip."""
+    return _zip_source(tmp_path).rename(folder / "master.zip")
+
+
+def test_download_over_http_verifies_and_records_what_it_fetched(tmp_path: Path, served, capsys) -> None:
+    folder, base = served
+    archive = _serve_archive(tmp_path, folder)
+    dest = download_ikea(tmp_path / "data" / "ikea", url=f"{base}/master.zip")
+    provenance = json.loads((dest / "download.json").read_text())
+    assert provenance["source"] == f"{base}/master.zip"
+    assert provenance["archive_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert provenance["counts"]["products"] == len(ALL_IDS) and provenance["unreadable_images"] == 0
+    assert len(_rows(dest / "products.jsonl")) == len(ALL_IDS)
+    assert os.listdir(dest.parent) == ["ikea"]  # no archive, no temporary left
+    err = capsys.readouterr().err
+    assert "IKEA dataset" in err and "verifying images" in err  # the progress bars
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("cut", "the connection ended after"),
+    ("crc", "fails its CRC check"),
+    ("few", "not the whole dataset: it holds 38 products (expected at least 1000)"),
+])
+def test_a_bad_download_is_one_clear_error_and_leaves_nothing(tmp_path: Path, served, damage, message) -> None:
+    folder, base = served
+    archive = _serve_archive(tmp_path, folder)
+    url, minimum = f"{base}/master.zip", None
+    if damage == "cut":
+        url = f"{base}/cut/master.zip"
+    elif damage == "crc":  # a byte of a stored member's data changed: the zip still opens
+        data = bytearray(archive.read_bytes())
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.infolist()[-1]
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data[start + info.compress_size // 2] ^= 0xFF
+        archive.write_bytes(bytes(data))
+    else:
+        minimum = {"products": 1000}
+    parent = tmp_path / "data"
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        download_ikea(parent / "ikea", url=url, minimum=minimum)
+    assert list(parent.iterdir()) == []
+
+
+def test_the_command_downloads_into_the_cache_folder_where_vislang_then_finds_it(tmp_path: Path, served, monkeypatch,
+                                                                                  capsys) -> None:
+    from vislang.cli.main import main
+
+    folder, base = served
+    _serve_archive(tmp_path, folder)
+    monkeypatch.setenv("VISLANG_IKEA_URL", f"{base}/master.zip")
+    monkeypatch.delenv("VISLANG_DATA", raising=False)
+    monkeypatch.setattr(locate, "DEFAULT_RELATIVE", Path("no-such-folder"))  # no ../shared/data/ikea either
+    assert main(["data", "download", "ikea"]) == 0
+    cached = tmp_path / "cache" / "data" / "ikea"  # VISLANG_CACHE is tmp_path/cache in every test
+    assert f"IKEA catalog written to {cached}; vislang finds it there by itself" in capsys.readouterr().out
+    assert locate.find_data_dir() == cached
+    assert main(["data", "download", "ikea"]) == 2  # there already: not overwritten
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_an_offline_first_run_says_how_to_get_the_data_and_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vislang.cli.main import main
+
+    monkeypatch.setenv("VISLANG_IKEA_URL", "http://127.0.0.1:9/master.zip")  # nothing listens there
+    monkeypatch.delenv("VISLANG_DATA", raising=False)
+    monkeypatch.setattr(locate, "DEFAULT_RELATIVE", Path("no-such-folder"))
+    assert main(["demo", "--config", "tiny", "--output", str(tmp_path / "demo")]) == 2
+    captured = capsys.readouterr()
+    assert "no catalog found; downloading the public IKEA dataset" in captured.out
+    error = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(error) == 1 and error[0].startswith("vislang demo: error: IKEA dataset download failed")
+    assert "--data" in error[0] and "VISLANG_DATA" in error[0] and "vislang data download ikea" in error[0]
+    assert not (tmp_path / "cache" / "data" / "ikea").exists() and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_a_first_demo_with_no_catalog_downloads_it_and_goes_on(tmp_path: Path, served, monkeypatch, capsys) -> None:
+    from vislang.cli.main import main
+
+    folder, base = served
+    _serve_archive(tmp_path, folder)
+    monkeypatch.setenv("VISLANG_IKEA_URL", f"{base}/master.zip")
+    monkeypatch.delenv("VISLANG_DATA", raising=False)
+    monkeypatch.setattr(locate, "DEFAULT_RELATIVE", Path("no-such-folder"))
+    code = main(["demo", "--config", "tiny", "--output", str(tmp_path / "demo"), "model.image.image_size=32",
+                 "train.batch_size=8", "model.matching.enabled=false", "model.decoder.enabled=false"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    assert f"downloading the public IKEA dataset into {tmp_path / 'cache' / 'data' / 'ikea'}" in captured.out
+    assert "test split" in captured.out and (tmp_path / "demo" / "results.png").is_file()
+    metrics = json.loads((tmp_path / "demo" / "test_metrics.json").read_text())
+    assert metrics["product_text2image_r10"] > 0
+
+
+def test_a_download_stopped_before_it_is_published_leaves_nothing_and_can_be_run_again(tmp_path: Path, served,
+                                                                                         monkeypatch) -> None:
+    from vislang import atomic
+
+    folder, base = served
+    _serve_archive(tmp_path, folder)
+
+    def fault(kind: str, path: Path) -> None:  # converted and verified, not yet renamed into place
+        if kind == "download":
+            raise RuntimeError(f"injected fault at {path}")
+
+    monkeypatch.setattr(atomic, "fault_hook", fault)
+    parent = tmp_path / "data"
+    with pytest.raises(RuntimeError, match="injected fault"):
+        download_ikea(parent / "ikea", url=f"{base}/master.zip")
+    assert list(parent.iterdir()) == []  # neither the dataset nor the archive or its temporaries
+    monkeypatch.setattr(atomic, "fault_hook", None)
+    assert len(_rows(download_ikea(parent / "ikea", url=f"{base}/master.zip") / "products.jsonl")) == len(ALL_IDS)

@@ -83,6 +83,7 @@ def _scores(hits):
 # ---------------------------------------------------------------- search is exact search
 
 
+@pytest.mark.slow
 def test_text_search_equals_brute_force_cosine(index, model, catalog):
     products = catalog.select(None, "product")
     everything = list(catalog)
@@ -116,6 +117,7 @@ def _reranked_brute_force(model, catalog, texts: np.ndarray, items) -> np.ndarra
                                                          image_keys=[item.image for item in items])
 
 
+@pytest.mark.slow
 def test_the_reranker_rescores_text_search_as_eval_does(index, model, catalog):
     """The tiny catalog's kinds hold fewer items than RERANK_CANDIDATES: the re-ranked search is then
     eval's re-ranked ranking, down to the scores (each indexed training item leaving itself out)."""
@@ -146,6 +148,7 @@ def test_the_reranker_rescores_text_search_as_eval_does(index, model, catalog):
         index.search(images=item.image, reranker=True)
 
 
+@pytest.mark.slow
 def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, model, catalog):
     item = catalog.select(None, "product")[0]
     top = index.search(images=item.image, k=1)[0][0]
@@ -164,6 +167,7 @@ def test_photo_finds_itself_and_photo_plus_text_is_weighted_arithmetic(index, mo
         _ids(index.search(texts="a blue lamp", k=6)[0])
 
 
+@pytest.mark.slow
 def test_rerank_rescores_the_top_n_with_the_matching_head(index, model):
     plain = index.search(texts="a green table", k=8, kind="product")[0]
     reranked = index.search(texts="a green table", k=8, kind="product", rerank=5)[0]
@@ -177,6 +181,7 @@ def test_rerank_rescores_the_top_n_with_the_matching_head(index, model):
         index.search(images=head[0].image, rerank=3)
 
 
+@pytest.mark.slow
 def test_bad_queries_are_refused_before_any_work(index):
     with pytest.raises(QueryError, match="empty query"):
         index.search()
@@ -190,6 +195,7 @@ def test_bad_queries_are_refused_before_any_work(index):
         index.search(images=Path(__file__))  # a file that is not an image
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_and_counted(model, catalog, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a JPEG")
@@ -204,6 +210,7 @@ def test_unreadable_images_are_skipped_and_counted(model, catalog, tmp_path):
 # ---------------------------------------------------------------- on disk
 
 
+@pytest.mark.slow
 def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
     folder = index.save(tmp_path / "index")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -223,6 +230,7 @@ def test_save_load_search_is_identical(index, tmp_path, catalog, checkpoint):
         index.save(folder)
 
 
+@pytest.mark.slow
 def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
     # not training items: the re-ranker's banks are then those of the index built in one go
     held_back = {item.id for item in catalog.select(None, "product") if item.split != "train"}
@@ -257,6 +265,7 @@ def test_add_then_search_finds_the_new_items(index, model, catalog, tmp_path):
     assert not named & old_files
 
 
+@pytest.mark.slow
 def test_another_checkpoint_or_dimension_is_refused(index, model, tmp_path):
     folder = index.save(tmp_path / "index")
     changed = vislang.load(model.checkpoint, device="cpu")
@@ -275,6 +284,7 @@ def test_another_checkpoint_or_dimension_is_refused(index, model, tmp_path):
         index.search_vectors(np.zeros((1, 16), np.float32))
 
 
+@pytest.mark.slow
 def test_missing_and_corrupt_files_are_refused(index, tmp_path):
     folder = index.save(tmp_path / "index")
 
@@ -328,6 +338,7 @@ def test_missing_and_corrupt_files_are_refused(index, tmp_path):
 # ---------------------------------------------------------------- goes with
 
 
+@pytest.mark.slow
 def test_goes_with_ranks_products_of_rooms_with_look_alikes(index, catalog):
     query = catalog.select(None, "product")[0]
     result = index.goes_with(query.id, k=5, rooms=3)
@@ -347,6 +358,7 @@ def test_goes_with_ranks_products_of_rooms_with_look_alikes(index, catalog):
     assert _ids(by_photo.products) == _ids(result.products)
 
 
+@pytest.mark.slow
 def test_goes_with_refuses_unknown_ids_and_missing_images(index):
     with pytest.raises(QueryError, match="unknown id"):
         index.goes_with("999.999.99")
@@ -397,6 +409,7 @@ def test_tuned_hnsw_sets_ef_search():
     assert index.hnsw.efSearch == tuning.params["efSearch"]
 
 
+@pytest.mark.slow
 def test_ivf_index_keeps_its_tuning_through_save_and_load(model, catalog, tmp_path):
     index = Index.build(model, catalog, kinds="products", factory="IVF8,Flat", progress=False, gpu=False)
     part = index.parts["product"]
@@ -416,6 +429,7 @@ def test_ivf_index_keeps_its_tuning_through_save_and_load(model, catalog, tmp_pa
 # ---------------------------------------------------------------- GPU
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="faiss sees no GPU")
 def test_gpu_and_cpu_indexes_return_the_same_top_10(index, model, tmp_path):
     folder = index.save(tmp_path / "index")

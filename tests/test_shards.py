@@ -17,7 +17,7 @@ from vislang.train.logger import read_metrics
 from test_cli import run_cli
 from test_train import CONFIG, TINY_OVERRIDES
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # trains a model or spawns processes: `pytest -m 'not slow'` leaves it out
 
 
 @pytest.fixture(scope="module")

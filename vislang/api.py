@@ -7,8 +7,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .data.images import ImageLike
+from .data.images import ImageLike, ImageLoadError
 from .data.pixels import to_pixels
 from .checkpoint import load_checkpoint
 from .devices import pick_device
@@ -24,6 +25,32 @@ def batch_starts(count: int, batch_size: int) -> range:
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:  # numpy ints are Integral too
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     return range(0, count, batch_size)
+
+
+def encode_readable_images(encoder, images: Sequence[ImageLike], batch_size: int = 64,
+                           progress: bool = False) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """`encoder.encode_images` over a collection in which some files may be unreadable: returns the
+    [N_ok, D] embeddings, the positions in `images` they belong to, and position -> error of the
+    others. One bad file in thousands should not stop the work: a batch that fails is retried
+    image by image. `encoder` is anything with `encode_images` (a VisLang, eval's encoders)."""
+    vectors: list[np.ndarray] = []
+    kept: list[int] = []
+    failed: dict[int, str] = {}
+    with tqdm(total=len(images), desc="embedding images", unit="img", disable=not progress) as bar:
+        for start in batch_starts(len(images), batch_size):
+            batch = list(images[start : start + batch_size])
+            try:
+                vectors.append(encoder.encode_images(batch, batch_size=len(batch)))
+                kept += range(start, start + len(batch))
+            except ImageLoadError:
+                for offset, image in enumerate(batch):
+                    try:
+                        vectors.append(encoder.encode_images([image]))
+                        kept.append(start + offset)
+                    except ImageLoadError as err:
+                        failed[start + offset] = str(err)
+            bar.update(len(batch))
+    return (np.concatenate(vectors) if vectors else encoder.encode_images([])), kept, failed
 
 
 class VisLang:

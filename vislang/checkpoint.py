@@ -1,28 +1,43 @@
 """Checkpoints: a folder per save, written under a temporary name and renamed into place.
 
-A checkpoint folder holds everything needed to rebuild the model with no other input:
-  model.safetensors   all weights (the frozen text tower's too)
-  config.yaml         the resolved run config
-  text/               the tokenizer's files and the text tower's architecture (Hugging Face config.json)
-  decoder/            the caption decoder's BERT config.json, when the model has a decoder
-  trainer_state.pt    optimizer, step and clock, for --resume (absent in exported checkpoints)
+A checkpoint folder holds everything needed to rebuild the model with no other input, and
+nothing that is unpickled:
+  model.safetensors          all weights (the frozen text tower's too)
+  config.yaml                the resolved run config
+  text/                      the tokenizer's files and the text tower's architecture (Hugging Face config.json)
+  decoder/                   the caption decoder's BERT config.json, when the model has a decoder
+  trainer_state.safetensors  the optimizer's tensors and the torch RNG states, for --resume
+  trainer_state.json         step, clock, non-finite counts, the optimizer's settings, the Python and
+                             NumPy RNG states (train/state.py); both absent in exported checkpoints
+
+`checkpoints/latest` names the newest folder. Every file is written atomically (vislang/atomic.py):
+a run killed while saving keeps its previous checkpoint, and `find_checkpoint` falls back to the
+newest whole folder should `latest` name one that is gone.
 """
 from __future__ import annotations
 
-import os
+import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
+from .atomic import atomic_folder, fault_point, remove_stale_temporaries, write_text_atomic
 from .config import ConfigError, one_line, resolve
 from .models import Tokenizer, VisLangModel, create_model
 
 LATEST = "latest"
+STEP_FOLDER = re.compile(r"step-\d{7}")
+TRAINER_TENSORS, TRAINER_META = "trainer_state.safetensors", "trainer_state.json"
+LEGACY_TRAINER_STATE = "trainer_state.pt"  # earlier versions' torch.save of the optimizer, step and clock
+
+TrainerState = tuple[dict[str, torch.Tensor], dict[str, Any]]  # (tensors, JSON-able rest)
 
 
 class CheckpointError(FileNotFoundError):
@@ -35,48 +50,91 @@ def save_checkpoint(
     model: VisLangModel,
     tokenizer: Tokenizer,
     config: dict[str, Any],
-    trainer_state: dict[str, Any] | None = None,
+    trainer_state: TrainerState | None = None,
     keep: int = 2,
 ) -> Path:
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    tokenizer.save(tmp / "text")
-    model.text_tower.save_architecture(tmp / "text")
-    if model.decoder is not None:
-        model.decoder.save_architecture(tmp / "decoder")
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = folder / f".{LATEST}.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, folder / LATEST)
+    with atomic_folder(final, "checkpoint") as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        fault_point("checkpoint", tmp)  # a save stopped half-way, weights written and nothing else
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        tokenizer.save(tmp / "text")
+        model.text_tower.save_architecture(tmp / "text")
+        if model.decoder is not None:
+            model.decoder.save_architecture(tmp / "decoder")
+        if trainer_state is not None:
+            tensors, meta = trainer_state
+            save_file(tensors, str(tmp / TRAINER_TENSORS))
+            (tmp / TRAINER_META).write_text(json.dumps(meta))
+    write_text_atomic(folder / LATEST, final.name, "checkpoint")
     _prune(folder, keep)
     return final
 
 
+def load_trainer_state(folder: Path) -> TrainerState:
+    """The trainer state a checkpoint saved for --resume; a missing or damaged one is a CheckpointError."""
+    if not (folder / TRAINER_META).is_file() and (folder / LEGACY_TRAINER_STATE).is_file():
+        return _legacy_trainer_state(folder / LEGACY_TRAINER_STATE)
+    try:
+        meta = json.loads((folder / TRAINER_META).read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / TRAINER_TENSORS))
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{folder} holds no trainer state (an exported checkpoint?): it cannot be resumed; "
+                              "train into a new --output") from err
+    except (OSError, ValueError, SafetensorError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{folder}: the trainer state is damaged ({one_line(err)}); resume from another "
+                              "checkpoint or train again") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder}: {TRAINER_META} is not a vislang trainer state")
+    return tensors, meta
+
+
+def _legacy_trainer_state(path: Path) -> TrainerState:
+    """An older checkpoint's trainer_state.pt, read with weights_only=True (tensors and plain data, no code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        optimizer = state["optimizer"]
+        tensors = {f"optimizer.{param}.{name}": value for param, entries in optimizer["state"].items()
+                   for name, value in entries.items() if torch.is_tensor(value)}
+        plain = {str(param): {name: value for name, value in entries.items() if not torch.is_tensor(value)}
+                 for param, entries in optimizer["state"].items()}
+        meta = {"step": int(state["step"]), "elapsed": float(state["elapsed"]),
+                "optimizer": {"param_groups": optimizer["param_groups"], "state": plain}}
+    except Exception as err:  # torch raises many kinds for a damaged or unsafe file; all mean "cannot resume from it"
+        raise CheckpointError(f"{path} is damaged or not a trainer state ({one_line(err)})") from err
+    return tensors, meta
+
+
+def _saved_folders(folder: Path) -> list[Path]:
+    """The whole checkpoint folders of a run, oldest first (temporaries have other names)."""
+    return sorted(p for p in folder.glob("step-*") if STEP_FOLDER.fullmatch(p.name) and (p / "model.safetensors").is_file())
+
+
 def _prune(folder: Path, keep: int) -> None:
-    saved = sorted(p for p in folder.glob("step-*") if p.is_dir())
-    for old in saved[:-keep] if keep > 0 else []:
+    for old in _saved_folders(folder)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    remove_stale_temporaries(folder)  # what saves of a killed run left behind
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or a run folder's latest checkpoint."""
+    """A checkpoint folder itself, or a run folder's latest checkpoint (the newest whole one when
+    `latest` names a folder that is gone)."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
-    pointer = path / "checkpoints" / LATEST
+    folder = path / "checkpoints"
+    pointer = folder / LATEST
+    named = None
     if pointer.is_file():
-        found = path / "checkpoints" / pointer.read_text().strip()
-        if (found / "model.safetensors").is_file():
-            return found
+        named = folder / pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if STEP_FOLDER.fullmatch(named.name) and (named / "model.safetensors").is_file():
+            return named
+    saved = _saved_folders(folder) if folder.is_dir() else []
+    if saved:
+        if named is not None:
+            warnings.warn(f"{pointer} names {named.name}, which is not a whole checkpoint; using {saved[-1].name}")
+        return saved[-1]
     raise CheckpointError(
         f"no checkpoint at {path}: expected a checkpoint folder (with model.safetensors) "
         "or a run folder (with checkpoints/latest)"

@@ -93,6 +93,8 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "checkpoint_every": 200,
         "eval_every_epochs": 0,  # 0: only at the end
+        # a step whose loss or gradients are not finite is skipped and counted; this many in a row stop the run
+        "max_nonfinite_steps": 5,
         # Memory and speed switches (docs/BENCHMARKS.md has what each measured):
         "accum_steps": 1,  # run each batch in this many micro-batches (less memory; same gradient)
         "grad_checkpointing": False,  # recompute tower activations in the backward pass (less memory)
@@ -128,6 +130,7 @@ _AT_LEAST_1 = (
     "model.embed_dim", "model.image.image_size", "model.text.max_length", "model.matching.width",
     "model.matching.layers", "model.matching.heads", "model.decoder.layers", "train.epochs",
     "train.heads_phase.views", "train.log_every", "train.checkpoint_every", "train.accum_steps", "train.threads",
+    "train.max_nonfinite_steps",
 )
 _AT_LEAST_0 = (
     "model.image.color_bins", "model.image.token_grid", "model.image.unlocked_groups", "train.locked_views",

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 
 from .api import load
+from .atomic import write_text_atomic
 from .checkpoint import CheckpointError, find_checkpoint, saved_config
 from .config import ConfigError, load_config
-from .data import find_data_dir, read_catalog
+from .data import DataNotFoundError, find_data_dir, read_catalog
+from .data.download import download_ikea
+from .data.locate import ENV_VAR, downloaded_ikea_dir
 from .eval.report import evaluate_model_with_intervals, format_report
-from .eval.retrieval import EmbeddingCache, image_embeddings
+from .eval.retrieval import EmbeddingCache, image_embeddings, skipping_unreadable
 from .train import train
 from .viz import result_grid, result_page
 
@@ -20,7 +24,7 @@ ROOM_QUERIES = ["a bright kitchen with white cabinets", "a cosy bedroom with a d
 
 
 def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = False, overrides: list[str] = ()) -> dict:
-    data_dir = find_data_dir(data)
+    data_dir = _data_or_download(data)
     config = load_config(config_path, overrides)  # a bad config fails before an earlier run is moved
     try:
         checkpoint = find_checkpoint(output)
@@ -49,12 +53,26 @@ def run_demo(config_path: Path, data: str | None, output: Path, retrain: bool = 
     cache: EmbeddingCache = {}  # image and caption embeddings, shared by the metrics and the example grid
     metrics, intervals = evaluate_model_with_intervals(model, catalog, "test", cache)
     print(f"\ntest split\n{format_report(metrics, catalog, 'test', intervals)}")
-    (output / "test_metrics.json").write_text(json.dumps({**metrics, "ci95": intervals}, indent=2))
-    rows = _example_rows(model, catalog, cache)
+    write_text_atomic(output / "test_metrics.json", json.dumps({**metrics, "ci95": intervals}, indent=2))
+    rows, _ = skipping_unreadable(lambda readable: _example_rows(model, readable, cache), catalog)
     grid = result_grid(rows, output / "results.png", label_lines=6)
     page = result_page("vislang demo: text -> image search on the test split", metrics, rows, grid, output / "results.html")
     print(f"\nresults grid: {grid}\nresults page: {page}")
     return metrics
+
+
+def _data_or_download(data: str | None) -> Path:
+    """The catalog to use; when none is named (no --data, no VISLANG_DATA) and none is found, the
+    public IKEA dataset is downloaded into the cache folder first, where later commands find it.
+    Offline, the download fails with one message saying how to get the data (exit 2)."""
+    try:
+        return find_data_dir(data)
+    except DataNotFoundError:
+        if data is not None or os.environ.get(ENV_VAR):
+            raise  # a location the user named is missing: theirs to fix, not to fill
+    print(f"no catalog found; downloading the public IKEA dataset into {downloaded_ikea_dir()} (non-commercial "
+          "research licence; see README, 'The data')")
+    return download_ikea()
 
 
 def _unused_overrides(overrides: list[str], config: dict, checkpoint: Path) -> list[str]:

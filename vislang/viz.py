@@ -8,6 +8,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import write_atomic, write_text_atomic
 from .data.images import ImageLoadError, load_image
 
 Hit = tuple[Path, str, bool]  # image, label under it, whether it is a correct answer
@@ -45,7 +46,8 @@ def result_grid(rows: Sequence[tuple[str, Sequence[Hit]]], out: Path, thumb: int
                 draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], outline=(0, 170, 0), width=4)
             draw.multiline_text((x, y + thumb + 2), "\n".join(textwrap.wrap(label, label_chars)[:label_lines]), fill=(60, 60, 60), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    image_format = Image.registered_extensions().get(out.suffix.lower(), "PNG")  # the temporary name has no suffix
+    write_atomic(out, lambda tmp: canvas.save(tmp, format=image_format), "figure")
     return out
 
 
@@ -63,5 +65,5 @@ def result_page(title: str, metrics: dict[str, float], rows: Sequence[tuple[str,
                          f"style='width:140px;border:{border}'><figcaption>{html.escape(label)}</figcaption></figure>")
         parts.append("</div>")
     parts.append("</body></html>")
-    out.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(out, "\n".join(parts), "figure")
     return out

@@ -110,15 +110,25 @@ def _catalog_for(model, data: str | None):
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from ..api import load
-    from ..data.images import load_image
+    from ..data.images import ImageLoadError, SkipCounter, load_image
 
-    images = [load_image(path) for path in args.images]  # a missing or corrupt file stops here, named
+    paths, images, skipped = [], [], SkipCounter()
+    for path in args.images:  # an unreadable one is skipped and counted, as in a catalog
+        try:
+            images.append(load_image(path))
+            paths.append(path)
+        except ImageLoadError as err:
+            skipped.add(err)
+    skipped.warn()
+    if not images:
+        raise CliError(f"nothing to caption: none of the {len(args.images)} images could be read "
+                       f"(first: {skipped.skipped[0]})")
     model = load(args.checkpoint, device=args.device)
     captions = model.caption(images, max_length=args.max_length, num_beams=args.beams)
     if args.json:
-        print(json.dumps([{"image": path, "caption": caption} for path, caption in zip(args.images, captions)]))
+        print(json.dumps([{"image": path, "caption": caption} for path, caption in zip(paths, captions)]))
     else:
-        for path, caption in zip(args.images, captions):
+        for path, caption in zip(paths, captions):
             print(f"{path}\t{caption}")
     return 0
 
@@ -133,8 +143,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_data_download(args: argparse.Namespace) -> int:
     from ..data.download import download_ikea
 
-    dest = download_ikea(Path(args.to), seed=args.seed)
-    print(f"IKEA catalog written to {dest}; use it with --data {dest} or VISLANG_DATA={dest}")
+    dest = download_ikea(Path(args.to) if args.to else None, seed=args.seed)
+    found = "vislang finds it there by itself; or " if not args.to else ""
+    print(f"IKEA catalog written to {dest}; {found}use it with --data {dest} or VISLANG_DATA={dest}")
     return 0
 
 
@@ -281,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train the CPU recipe, evaluate it and write a results grid")
     p.add_argument("--config", default="ikea-cpu")
-    p.add_argument("--data")
+    p.add_argument("--data", help="catalog folder or manifest (default: $VISLANG_DATA, then ../shared/data/ikea, then "
+                                  "the cache folder, where the IKEA dataset is downloaded when none of them has it)")
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--retrain", action="store_true", help="train again even if --output already holds a model (the earlier run is renamed OUTPUT.previous)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -291,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     d = data_sub.add_parser("download", help="download a public dataset and convert it")
     d.add_argument("name", choices=["ikea"])
-    d.add_argument("--to", required=True, help="folder to create")
+    d.add_argument("--to", help="folder to create (default: the cache folder, $VISLANG_CACHE/data/ikea or "
+                                "~/.cache/vislang/data/ikea, where vislang looks for it)")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
     d.set_defaults(func=cmd_data_download)
     d = data_sub.add_parser("prepare", help="write a catalog as resized webdataset tar shards")
@@ -409,7 +422,10 @@ def _one_line_warnings(name: str, show: Callable[..., None]) -> Callable[..., No
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         if Path(filename).resolve().is_relative_to(package):
-            print(f"{name}: warning: {message}", file=sys.stderr)
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode(file=sys.stderr):  # on a line of its own, not inside a progress bar
+                print(f"{name}: warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
     return show_warning

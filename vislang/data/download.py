@@ -27,7 +27,7 @@ import os
 import random
 import re
 import shutil
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -38,6 +38,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vislang.atomic import atomic_folder, remove_stale_temporaries, temporary_name
+from vislang.data.locate import downloaded_ikea_dir
 from vislang.data.safe_pickle import safe_load
 
 __all__ = [
@@ -52,6 +54,10 @@ __all__ = [
 ]
 
 DEFAULT_URL = "https://github.com/IvonaTau/ikea/archive/refs/heads/master.zip"
+URL_ENV_VAR = "VISLANG_IKEA_URL"  # another address of the same archive (a mirror)
+# the public repository converts to 2292 products and 215 rooms; a download with far fewer is not it
+MINIMUM_COUNTS = {"products": 2000, "rooms": 200}
+PROVENANCE = "download.json"
 SOCKET_TIMEOUT_S = 20.0
 SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (("train", 0.75), ("val", 0.10), ("test", 0.15))
 
@@ -81,60 +87,108 @@ class SourceLayoutError(ValueError):
 # --------------------------------------------------------------------------- download
 
 
-def download_ikea(dest: Path, *, seed: int = 0, url: str = DEFAULT_URL) -> Path:
-    """Download ``IvonaTau/ikea``, convert it, and place the result at ``dest``.
+def download_ikea(dest: Path | None = None, *, seed: int = 0, url: str | None = None,
+                  minimum: Mapping[str, int] | None = None) -> Path:
+    """Download ``IvonaTau/ikea``, verify it, convert it, and place the result at ``dest``
+    (default: the cache folder, ``locate.downloaded_ikea_dir()``, where vislang looks for it).
 
-    All work happens in a temporary folder next to ``dest``; ``dest`` appears
-    only once the conversion is complete, so a failure never leaves a partial
-    dataset behind. Raises ``DownloadError`` when the archive cannot be fetched
-    and ``FileExistsError`` when ``dest`` is a non-empty folder.
+    The archive is fetched with a progress bar, checked against its Content-Length and its zip
+    CRCs, converted, and the conversion checked: at least ``minimum`` products and rooms (by
+    default, for the public repository, most of its 2292 and 215), every image decodable (an
+    unreadable one is left out with a counted warning, as any catalog's). ``dest`` appears only
+    once all of that succeeded (it is written under a temporary name and renamed), with a
+    ``download.json`` recording the source, the archive's sha256 and the counts: a failure or a
+    kill never leaves a partial dataset. Raises ``DownloadError`` when the archive cannot be
+    fetched or fails verification (offline: a message saying how to get the data) and
+    ``FileExistsError`` when ``dest`` is a non-empty folder.
     """
-    dest = Path(dest)
+    dest = Path(dest) if dest is not None else downloaded_ikea_dir()
+    url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+    minimum = MINIMUM_COUNTS if minimum is None and url == DEFAULT_URL else (minimum or {})
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} already exists and is not empty; not overwriting it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.tmp-", dir=dest.parent) as tmp_name:
-        tmp = Path(tmp_name)
-        archive = tmp / "ikea.zip"
-        _fetch(url, archive)
-        src = _extract(archive, tmp / "src", url)
-        staging = tmp / "converted"
-        convert_ikea(src, staging, seed=seed)
-        if dest.exists():
-            dest.rmdir()  # empty, checked above
-        os.replace(staging, dest)
+    # the archive and its unpacked source, beside `dest` and never published; a killed run's are
+    # removed by the next one (vislang/atomic.py)
+    work_name = f"{dest.name}-download"
+    remove_stale_temporaries(dest.parent, work_name)
+    work = temporary_name(dest.parent / work_name)
+    try:
+        with atomic_folder(dest, "download") as staging:
+            work.mkdir()
+            digest = _fetch(url, work / "ikea.zip")
+            src = _extract(work / "ikea.zip", work / "src", url)
+            counts = convert_ikea(src, staging, seed=seed)
+            unreadable = _verify(staging, counts, minimum, url)
+            provenance = {"source": url, "archive_sha256": digest, "seed": seed, "counts": counts,
+                          "unreadable_images": unreadable, "fetched": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (staging / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return dest
 
 
-def _fetch(url: str, out: Path) -> None:
+def _fetch(url: str, out: Path) -> str:
+    """Download `url` into `out` with a progress bar; returns its sha256."""
+    digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=SOCKET_TIMEOUT_S) as resp, out.open("wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
+            received = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc="IKEA dataset") as bar:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise DownloadError(_download_failed(url, getattr(exc, "reason", None) or exc)) from exc
+    if total is not None and received != total:
+        raise DownloadError(_download_failed(url, f"the connection ended after {received} of {total} bytes"))
+    return digest.hexdigest()
 
 
 def _download_failed(url: str, reason: object) -> str:
     return (
-        f"IKEA dataset download failed: could not fetch {url} ({reason}). "
+        f"IKEA dataset download failed ({url}: {reason}). "
         "If this machine is offline, get a converted copy of the dataset (the folder "
         "with products.jsonl, rooms.jsonl and images/) some other way and point "
-        "--data or the VISLANG_DATA environment variable at it instead."
+        "--data or the VISLANG_DATA environment variable at it instead, or run "
+        "`vislang data download ikea` again once the machine is online."
     )
 
 
 def _extract(archive: Path, out: Path, url: str) -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
+            damaged = zf.testzip()  # every member's CRC
+            if damaged is not None:
+                raise DownloadError(_download_failed(url, f"the archive is damaged ({damaged} fails its CRC check)"))
             # extractall drops absolute paths and ".." parts, so members stay inside `out`.
             zf.extractall(out)
     except zipfile.BadZipFile as exc:
         raise DownloadError(_download_failed(url, f"not a zip archive: {exc}")) from exc
     return _find_repo_root(out)
+
+
+def _verify(dataset: Path, counts: Mapping[str, int], minimum: Mapping[str, int], url: str) -> int:
+    """Check a converted dataset: the counts against `minimum`, and every image decodes (with a
+    progress bar). Returns how many did not (warned about); raises DownloadError when too few are left."""
+    from .images import ImageLoadError, SkipCounter, load_image
+
+    short = [f"{counts.get(kind, 0)} {kind} (expected at least {least})" for kind, least in minimum.items()
+             if counts.get(kind, 0) < least]
+    if short:
+        raise DownloadError(_download_failed(url, "the archive is not the whole dataset: it holds " + ", ".join(short)))
+    skipped = SkipCounter()
+    images = sorted((dataset / IMAGES_DIR).rglob("*.jpg"))
+    for image in tqdm(images, desc="verifying images", unit="img", mininterval=1.0):
+        try:
+            load_image(image, min_side=64)
+        except ImageLoadError as err:
+            skipped.add(err)
+    skipped.warn("images of the downloaded dataset, whose rows are skipped when the catalog is read")
+    return len(skipped.skipped)
 
 
 def _find_repo_root(folder: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Find the catalog folder: an explicit argument, then $VISLANG_DATA, then ../shared/data/ikea."""
+"""Find the catalog folder: an explicit argument, then $VISLANG_DATA, then ../shared/data/ikea,
+then the copy a first run downloaded into the cache folder."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,17 @@ from pathlib import Path
 
 ENV_VAR = "VISLANG_DATA"
 DEFAULT_RELATIVE = Path("..") / "shared" / "data" / "ikea"
+
+
+def default_cache_dir() -> Path:
+    """vislang's cache folder: $VISLANG_CACHE, else ~/.cache/vislang (decoded images, converted
+    weights, the downloaded IKEA catalog)."""
+    return Path(os.environ.get("VISLANG_CACHE", Path.home() / ".cache" / "vislang"))
+
+
+def downloaded_ikea_dir() -> Path:
+    """Where `vislang demo` and `vislang data download ikea` put the IKEA catalog by default."""
+    return default_cache_dir() / "data" / "ikea"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -19,8 +31,9 @@ def _how_to_get(tried: list[str]) -> str:
         + "). Pass --data DIR, or set VISLANG_DATA=DIR, pointing at a folder that holds "
         "products.jsonl, rooms.jsonl and images/. The data is the public dataset of Tautkute et al., "
         "'What Looks Good with my Sofa' (GitHub: IvonaTau/ikea), licensed for non-commercial research "
-        "only; with internet access, `vislang data download ikea --to DIR` fetches it and converts it "
-        "to this layout. To train on your own catalog instead, give --data a JSONL or CSV manifest "
+        "only; with internet access, `vislang data download ikea` fetches it into the cache folder "
+        f"({downloaded_ikea_dir()}), where vislang then finds it (`vislang demo` does so by itself). To "
+        "train on your own catalog instead, give --data a JSONL or CSV manifest "
         "(see README, 'Your own data')."
     )
 
@@ -40,6 +53,7 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
         # Relative to where the user stands and to the source checkout, so both work.
         candidates.append(("default", Path.cwd() / DEFAULT_RELATIVE))
         candidates.append(("default", Path(__file__).resolve().parents[2] / DEFAULT_RELATIVE))
+        candidates.append(("downloaded", downloaded_ikea_dir()))
     for source, path in candidates:
         path = path.expanduser()
         if path.is_file() and path.suffix.lower() in {".jsonl", ".csv"}:

@@ -6,7 +6,6 @@ Decoding JPEGs dominates a CPU epoch, so training decodes each image once into a
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -17,8 +16,10 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import write_atomic
 from ..config import ConfigError
 from .images import ImageLike, ImageLoadError, SkipCounter, load_image
+from .locate import default_cache_dir
 from .tar_members import signature
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -60,10 +61,6 @@ def _cache_key(paths: Sequence[Path], size: int) -> str:
     for path in paths:
         digest.update(signature(path).encode())
     return digest.hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VISLANG_CACHE", Path.home() / ".cache" / "vislang"))
 
 
 def decode_groups(paths: Sequence[Path]) -> list[list[int]]:
@@ -115,11 +112,13 @@ def _decode_part(paths: Sequence[Path], size: int, groups: list[list[int]], piec
                     pixels[len(ok)] = result.transpose(2, 0, 1)
                     ok.append(index)
             bar.update(len(chunk))
-    tmp = piece.with_name(f"{piece.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, indices=np.asarray(ok, np.int64), pixels=pixels[: len(ok)],
-                 failed=np.asarray(failed, np.int64), errors=np.asarray(errors, dtype=str))
-    os.replace(tmp, piece)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # np.savez given a name would add ".npz" to it
+            np.savez(handle, indices=np.asarray(ok, np.int64), pixels=pixels[: len(ok)],
+                     failed=np.asarray(failed, np.int64), errors=np.asarray(errors, dtype=str))
+
+    write_atomic(piece, save, "bank")
 
 
 def _assemble(pieces: list[Path], size: int, bank_file: Path, index_file: Path) -> None:
@@ -138,17 +137,22 @@ def _assemble(pieces: list[Path], size: int, bank_file: Path, index_file: Path) 
     order = np.sort(np.concatenate(decoded))
     if not len(order):
         return
-    tmp = bank_file.with_suffix(f".tmp{os.getpid()}.npy")
-    bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(order), 3, size, size))
-    for piece, indices in zip(pieces, decoded):
-        with np.load(piece) as part:
-            bank[np.searchsorted(order, indices)] = part["pixels"]
-    bank.flush()
-    del bank
-    os.replace(tmp, bank_file)
-    tmp = index_file.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, order)
-    os.replace(tmp, index_file)
+
+    def fill(tmp: Path) -> None:
+        bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(order), 3, size, size))
+        for piece, indices in zip(pieces, decoded):
+            with np.load(piece) as part:
+                bank[np.searchsorted(order, indices)] = part["pixels"]
+        bank.flush()
+
+    write_atomic(bank_file, fill, "bank")
+    # the index last: the bank counts as cached only when both are there
+    write_atomic(index_file, lambda tmp: _save_npy(tmp, order), "bank")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # np.save given a name would add ".npy" to it
+        np.save(handle, array)
 
 
 def build_image_bank(

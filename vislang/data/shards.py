@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from ..atomic import atomic_folder, fault_point
 from .catalog import Catalog, Item
 from .images import ImageLoadError, SkipCounter, load_image
 
@@ -73,7 +72,8 @@ def _record(item: Item) -> dict:
 
 
 def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size: int = 1000) -> Path:
-    """Write `catalog` as shards in `output` (a new folder; written beside it, then renamed into place)."""
+    """Write `catalog` as shards in `output` (a new folder; written beside it, then renamed into
+    place: an interrupted run leaves no `output`, only a temporary the next run removes)."""
     import webdataset as wds
 
     output = Path(output)
@@ -81,32 +81,28 @@ def write_shards(catalog: Catalog, output: Path, max_side: int = 384, shard_size
         raise FileExistsError(f"{output} already exists; choose a new --output folder")
     if max_side < 16 or shard_size < 1:
         raise ShardError("--max-side must be at least 16 and --shard-size at least 1")
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
-        partial.mkdir(parents=True)
-    except NotADirectoryError as err:  # its message would name the hidden partial folder
-        raise NotADirectoryError(f"cannot create {output}: part of its path is a file, not a folder") from err
     skipped, taken, counts = SkipCounter(), set(), {}
     try:
-        with wds.ShardWriter(str(partial / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
-            for item in tqdm(catalog.items, desc="writing shards", unit="img", mininterval=1.0):
-                try:
-                    data, extension = _image_bytes(item, max_side)
-                except (ImageLoadError, OSError) as err:
-                    skipped.add(err)
-                    continue
-                sink.write({"__key__": _key(item.id, taken), extension: data, "json": _record(item)})
-                counts[f"{item.split}/{item.kind}"] = counts.get(f"{item.split}/{item.kind}", 0) + 1
-        skipped.warn()
-        if not counts:
-            raise ShardError(f"nothing written: none of the catalog's {len(catalog)} images could be read")
-        shards = sorted(p.name for p in partial.glob("shard-*.tar"))
-        manifest = {"format": FORMAT, "version": 1, "shards": shards, "count": sum(counts.values()), "counts": counts,
-                    "max_side": max_side, "source": str(catalog.root)}
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.replace(partial, output)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        with atomic_folder(output, "shards") as partial:
+            with wds.ShardWriter(str(partial / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+                for item in tqdm(catalog.items, desc="writing shards", unit="img", mininterval=1.0):
+                    try:
+                        data, extension = _image_bytes(item, max_side)
+                    except (ImageLoadError, OSError) as err:
+                        skipped.add(err if isinstance(err, ImageLoadError) else ImageLoadError(f"not readable: {err}"))
+                        continue
+                    sink.write({"__key__": _key(item.id, taken), extension: data, "json": _record(item)})
+                    counts[f"{item.split}/{item.kind}"] = counts.get(f"{item.split}/{item.kind}", 0) + 1
+            skipped.warn()
+            if not counts:
+                raise ShardError(f"nothing written: none of the catalog's {len(catalog)} images could be read")
+            shards = sorted(p.name for p in partial.glob("shard-*.tar"))
+            manifest = {"format": FORMAT, "version": 1, "shards": shards, "count": sum(counts.values()),
+                        "counts": counts, "max_side": max_side, "source": str(catalog.root)}
+            fault_point("manifest", partial / MANIFEST)  # the shards written, their manifest not yet
+            (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except NotADirectoryError as err:  # its message would name the hidden temporary folder
+        raise NotADirectoryError(f"cannot create {output}: part of its path is a file, not a folder") from err
     return output
 
 

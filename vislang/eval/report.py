@@ -1,12 +1,14 @@
 """Everything `vislang eval` reports for a trained model, and its text table."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..data.catalog import Catalog
 from ..ranking import RerankSettings
 from .bootstrap import bootstrap_intervals
 from .captioning import evaluate_captions
 from .reranking import evaluate_reranking
-from .retrieval import RERANKED, EmbeddingCache, chance_levels, metric_means, per_query_scores
+from .retrieval import RERANKED, EmbeddingCache, chance_levels, metric_means, per_query_scores, skipping_unreadable
 
 Interval = tuple[float, float]
 
@@ -17,16 +19,21 @@ def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", 
     the 95% bootstrap interval of each (eval/bootstrap.py). With `reranker`, also the text <-> image metrics re-ranked by
     it, prefixed `reranked_`. One embedding cache serves all: each image and caption is encoded once."""
     cache = {} if cache is None else cache
-    scores = per_query_scores(model, catalog, split, cache, reranker)
-    metrics, intervals = metric_means(scores), bootstrap_intervals(scores)
-    heads = []
-    if model.model.decoder is not None and catalog.select(split, "product"):
-        heads.append(evaluate_captions(model, catalog, split, cache=cache)[:2])
-    if model.model.matching is not None and catalog.select(split, "product"):
-        heads.append(evaluate_reranking(model, catalog, split, cache=cache))
-    for head_metrics, head_intervals in heads:
-        metrics.update(head_metrics)
-        intervals.update(head_intervals)
+
+    def scores_and_metrics(readable: Catalog) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Interval]]:
+        scores = per_query_scores(model, readable, split, cache, reranker)
+        metrics, intervals = metric_means(scores), bootstrap_intervals(scores)
+        heads = []
+        if model.model.decoder is not None and readable.select(split, "product"):
+            heads.append(evaluate_captions(model, readable, split, cache=cache)[:2])
+        if model.model.matching is not None and readable.select(split, "product"):
+            heads.append(evaluate_reranking(model, readable, split, cache=cache))
+        for head_metrics, head_intervals in heads:
+            metrics.update(head_metrics)
+            intervals.update(head_intervals)
+        return scores, metrics, intervals
+
+    (_, metrics, intervals), _ = skipping_unreadable(scores_and_metrics, catalog)  # unreadable images: items left out
     return metrics, intervals
 
 

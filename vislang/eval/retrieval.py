@@ -18,11 +18,13 @@ bootstrap interval `evaluate_with_intervals` gives (eval/bootstrap.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
+from ..api import encode_readable_images
 from ..data.catalog import Catalog, Item, category_prompt
+from ..data.images import ImageLoadError, SkipCounter
 from ..ranking import Bank, RerankSettings, Reranker
 from ..ranking.room_category import ROOM_KIND
 from .bootstrap import bootstrap_intervals
@@ -70,9 +72,47 @@ def _same_caption_truth(items: list[Item]) -> list[set[int]]:
 EmbeddingCache = dict[Path | str, np.ndarray]
 
 
+class UnreadableImages(ImageLoadError):
+    """Images of a catalog that could not be read (path -> why); the readable ones encoded in the
+    same call are in the cache already, so evaluating again without these costs little."""
+
+    def __init__(self, errors: dict[Path, str]) -> None:
+        super().__init__(f"{len(errors)} unreadable images; first: {next(iter(errors.values()))}")
+        self.errors = errors
+
+
 def image_embeddings(encoder: Encoder, items: list[Item], cache: EmbeddingCache) -> np.ndarray:
-    """Embeddings of the items' images, encoding only those not already in `cache`."""
+    """Embeddings of the items' images, encoding only those not already in `cache`; raises
+    UnreadableImages (after caching the others) when some cannot be read."""
+    missing = list(dict.fromkeys(item.image for item in items if item.image not in cache))
+    if missing:
+        vectors, kept, failed = encode_readable_images(encoder, missing)
+        for position, row in zip(kept, vectors):
+            cache[missing[position]] = row
+        if failed:
+            raise UnreadableImages({missing[position]: error for position, error in failed.items()})
     return _cached(encoder.encode_images, [item.image for item in items], cache)
+
+
+Result = TypeVar("Result")
+
+
+def skipping_unreadable(work: Callable[[Catalog], Result], catalog: Catalog) -> tuple[Result, Catalog]:
+    """`work(catalog)`, run again without the items whose images turn out to be unreadable until
+    none is: a catalog's broken files are skipped, with one counted warning, not a failed eval.
+    Returns the result and the catalog it was computed on. Each pass finds every unreadable image
+    of the first call that meets one, and the cache keeps what was encoded, so the passes are few
+    and cheap; `work` must share one embedding cache across them."""
+    unreadable: dict[Path, str] = {}
+    while True:
+        try:
+            result = work(catalog)
+            break
+        except UnreadableImages as err:
+            unreadable.update(err.errors)
+            catalog = catalog.without_images(set(err.errors))
+    SkipCounter(list(unreadable.values())).warn("images, whose items are left out of the evaluation")
+    return result, catalog
 
 
 def text_embeddings(encoder: Encoder, texts: list[str], cache: EmbeddingCache) -> np.ndarray:
@@ -91,8 +131,11 @@ def _cached(encode, keys: list, cache: EmbeddingCache) -> np.ndarray:
 
 
 def evaluate(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None) -> dict[str, float]:
-    """Every retrieval metric the project reports, on one split of a catalog: the embeddings' own figures."""
-    return metric_means(per_query_scores(encoder, catalog, split, cache))
+    """Every retrieval metric the project reports, on one split of a catalog: the embeddings' own
+    figures. Items whose images cannot be read are left out, with one counted warning."""
+    cache = {} if cache is None else cache
+    scores, _ = skipping_unreadable(lambda readable: per_query_scores(encoder, readable, split, cache), catalog)
+    return metric_means(scores)
 
 
 def evaluate_with_intervals(encoder: Encoder, catalog: Catalog, split: str = "test", cache: EmbeddingCache | None = None,
@@ -100,7 +143,8 @@ def evaluate_with_intervals(encoder: Encoder, catalog: Catalog, split: str = "te
                             ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """`evaluate`'s metrics (and with `reranker` the re-ranked ones), and each one's 95% bootstrap
     interval over the queries (eval/bootstrap.py)."""
-    scores = per_query_scores(encoder, catalog, split, cache, reranker)
+    cache = {} if cache is None else cache
+    scores, _ = skipping_unreadable(lambda readable: per_query_scores(encoder, readable, split, cache, reranker), catalog)
     return metric_means(scores), bootstrap_intervals(scores)
 
 

@@ -11,14 +11,14 @@ input size, mean and std of timm's config for those weights. The package's file 
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from ..data.pixels import default_cache_dir
+from ..atomic import write_atomic
+from ..data.locate import default_cache_dir
 from .registry import PretrainedUnavailableError
 
 
@@ -77,7 +77,5 @@ def bundled_weights_file(name: str) -> Path:
     target = timm.create_model(spec.architecture, pretrained=False).state_dict()
     converted = convert_by_position(weights, target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    save_file(converted, str(tmp))
-    os.replace(tmp, out)
+    write_atomic(out, lambda tmp: save_file(converted, str(tmp)), "weights")
     return out

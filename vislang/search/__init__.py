@@ -3,7 +3,6 @@
     index.py      Index: build / add / search (opt-in re-ranker) / similar / goes_with, and the index folder on disk
     factory.py    which FAISS index for how many vectors (`auto`), building it, tuning nprobe/efSearch
     device.py     GPU or CPU placement of a FAISS index
-    embed.py      embedding a collection in batches, with a progress bar
     query.py      query vectors from text, photo or both; re-ranking by the matching head
     goes_with.py  products that appear in rooms with products like the query
     hits.py       stored records and returned hits

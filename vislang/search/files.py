@@ -1,24 +1,9 @@
-"""File helpers of the index folder: atomic writes, content hashes, the model fingerprint."""
+"""File helpers of the index folder: content hashes, the model fingerprint (atomic writes: vislang/atomic.py)."""
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one
-    rename: readers never see a half-written file, and a crash leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -35,13 +35,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..api import VisLang, load
+from ..api import VisLang, encode_readable_images, load
 from ..data.catalog import Catalog, Item
-from ..data.images import ImageLike
+from ..data.images import ImageLike, SkipCounter
 from ..ranking import Bank, Reranker
 from ..ranking.room_category import ROOM_KIND
 from .device import set_search_params, single_query_threads, to_cpu, to_gpu, want_gpu
-from .embed import embed_images
 from .errors import IndexFormatError, IndexMismatchError, QueryError, SearchError
 from .factory import (
     Queries,
@@ -52,7 +51,8 @@ from .factory import (
     tune,
     tuning_parameter,
 )
-from .files import model_fingerprint, sha256_file, write_atomic
+from ..atomic import write_atomic, write_text_atomic
+from .files import model_fingerprint, sha256_file
 from .hits import Hit, Record, record_of
 from .query import DEFAULT_TEXT_WEIGHT, as_images, as_texts, check_query, query_vectors
 from .query import rerank as rerank_hits
@@ -176,7 +176,8 @@ class Index:
         new = list({(item.kind, item.id): item for item in new}.values())  # a catalog may list an id twice
         if not new:
             return 0
-        vectors, kept = embed_images(self.model, [item.image for item in new], batch_size, progress)
+        vectors, kept, failed = encode_readable_images(self.model, [item.image for item in new], batch_size, progress)
+        SkipCounter(list(failed.values())).warn("images")
         new = [new[i] for i in kept]
         for kind in dict.fromkeys(item.kind for item in new):
             rows = [i for i, item in enumerate(new) if item.kind == kind]
@@ -384,9 +385,9 @@ class Index:
         for number, (kind, part) in enumerate(self.parts.items()):
             stem = f"{number}-{re.sub(r'[^A-Za-z0-9_-]', '_', kind)}.{generation}"
             index_file, records_file = f"{stem}.faiss", f"{stem}.jsonl"
-            write_atomic(path / index_file, lambda tmp, index=part.index: faiss.write_index(index, str(tmp)))
+            write_atomic(path / index_file, lambda tmp, index=part.index: faiss.write_index(index, str(tmp)), "index")
             lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in part.records)
-            write_atomic(path / records_file, lambda tmp, text=lines: tmp.write_text(text, encoding="utf-8"))
+            write_text_atomic(path / records_file, lines, "index")
             parts[kind] = {
                 "count": len(part.records), "factory": part.factory, "params": part.tuning.params,
                 "tuned_recall_at_10": part.tuning.recall or None,
@@ -401,7 +402,7 @@ class Index:
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         text = json.dumps(manifest, indent=2) + "\n"
-        write_atomic(path / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text_atomic(path / MANIFEST, text, "manifest")  # the commit point
         for entry in (old or {}).get("parts", {}).values():
             for name in entry.get("files", {}):
                 if name not in {n for p in parts.values() for n in p["files"]}:

@@ -1,21 +1,33 @@
-"""Run logging: metrics.jsonl (one JSON object a line), TensorBoard, and a PNG of the curves."""
+"""Run logging: metrics.jsonl (one JSON object a line), TensorBoard, and a PNG of the curves.
+
+metrics.jsonl is appended to, a line at a time; a run killed mid-line leaves a torn last line,
+which `read_metrics` ignores and a resumed run's logger removes.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic, write_text_atomic
+
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resumed_at: int | None = None) -> None:
+        """`resumed_at`: the step a resumed run continues from; what was logged after it (by the
+        run that was stopped) is dropped, since those steps are taken again."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
+        if resumed_at is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resumed_at]
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                purge = None if resumed_at is None else resumed_at + 1  # TensorBoard hides the dropped steps too
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
             except ImportError:  # tensorboard is optional at run time; metrics.jsonl always exists
                 self._tb = None
 
@@ -44,9 +56,18 @@ class NullLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a line that is not a JSON object (torn by a kill) is left out."""
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def plot_curves(run_dir: Path) -> Path | None:
@@ -76,6 +97,6 @@ def plot_curves(run_dir: Path) -> Path | None:
         axes[0][1].legend(fontsize=7)
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=100)
+    write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "figure")
     plt.close(fig)
     return out

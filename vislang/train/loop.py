@@ -2,7 +2,10 @@
 
 The run stops at `train.epochs` or at `train.max_minutes` of wall clock, whichever comes first;
 the learning-rate schedule follows whichever is further along, so a time-capped run still
-finishes its cosine decay.
+finishes its cosine decay. What the loop counts lives in one `RunState` (train/state.py), which a
+checkpoint saves with the optimizer and every RNG, so that `--resume` after a kill continues as
+the uninterrupted run would have. A step whose loss or gradients are not finite is skipped and
+counted (train/guard.py); `train.max_nonfinite_steps` of them in a row stop the run.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import contextlib
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +28,19 @@ from ..data.pairs import PairSampler
 from ..data.pixels import augment, build_image_bank
 from ..eval import evaluate
 from ..models import create_model
+from ..atomic import write_text_atomic
 from ..checkpoint import find_checkpoint, load_weights, save_checkpoint
 from ..config import ConfigError
 from . import distributed
 from .distributed import Ranks
+from .guard import NonFiniteGuard
 from .heads_phase import embed_views, train_heads
 from .locked_views import check_locked_views, compute_locked_views, draw_views
 from .logger import NullLogger, RunLogger, plot_curves
 from .schedule import lr_at
+from .state import RunState
 from .step import (check_accumulation, forward_backward, inverse_caption_frequency, loss_weights, make_optimizer,
-                   optimizer_step, set_lr, speed_up, text_feature_cache, TrainingDiverged)
+                   set_lr, speed_up, text_feature_cache, TrainingDiverged)
 
 CACHE_MARGIN = 1.15  # the image bank is a bit larger than the crops, so crops can move
 
@@ -96,17 +103,17 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
     caption_weight = inverse_caption_frequency(items)
     weights = loss_weights(tcfg)
 
-    step, elapsed_before = 0, 0.0
+    state = RunState()
     if resume_from is not None:
         load_weights(model, resume_from, device)
-        state = torch.load(resume_from / "trainer_state.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state["elapsed"]
-        print(f"resuming from {resume_from} at step {step}")
+        state = RunState.restore(resume_from, optimizer)  # and every RNG, as the checkpoint left them
+        print(f"resuming from {resume_from} at step {state.step}")
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    logger = RunLogger(run_dir) if ranks.main else NullLogger()
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    # a resumed run's log is cut back to its checkpoint: the steps after it are taken again
+    logger = RunLogger(run_dir, resumed_at=state.step if resume_from else None) if ranks.main else NullLogger()
+    guard = NonFiniteGuard(tcfg["max_nonfinite_steps"], state)
 
     steps_per_epoch = len(sampler)
     total_steps = tcfg["epochs"] * steps_per_epoch
@@ -117,32 +124,32 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         if budget_s <= 0:
             raise ConfigError(f"train.heads_phase.minutes ({tcfg['heads_phase']['minutes']}) leaves nothing of "
                               f"train.max_minutes ({tcfg['max_minutes']}) to the towers")
-    start_time = time.time() - elapsed_before
+    start_time = time.time() - state.elapsed
 
     def progress() -> float:
         by_time = ranks.from_main(time.time() - start_time) / budget_s if budget_s else 0.0
-        return max(step / total_steps, by_time)
+        return max(state.step / total_steps, by_time)
 
     def checkpoint() -> Path | None:
+        state.last_saved = state.step
         if not ranks.main:
             return None
-        state = {"optimizer": optimizer.state_dict(), "step": step, "elapsed": time.time() - start_time}
-        return save_checkpoint(run_dir, step, model, tokenizer, config, state)
+        return save_checkpoint(run_dir, state.step, model, tokenizer, config,
+                               state.checkpoint_state(optimizer, time.time() - start_time))
 
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", mininterval=1.0, disable=not ranks.main)
-    last_saved = step
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", mininterval=1.0, disable=not ranks.main)
     try:
-        while step < total_steps and progress() < 1.0:
-            epoch, skip = divmod(step, steps_per_epoch)
+        while state.step < total_steps and progress() < 1.0:
+            epoch, skip = divmod(state.step, steps_per_epoch)
             for batch in sampler.epoch(epoch):
                 if skip:  # resuming mid-epoch: the sampler replays the epoch's order, skip what was done
                     skip -= 1
                     continue
                 tick = time.time()
-                lr = lr_at(step, progress(), tcfg["lr"], tcfg["warmup_steps"], tcfg["min_lr_ratio"])
+                lr = lr_at(state.step, progress(), tcfg["lr"], tcfg["warmup_steps"], tcfg["min_lr_ratio"])
                 set_lr(optimizer, lr)
-                generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + step)
+                generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + state.step)
                 # Every rank crops the whole batch with the same generator (the same crops as one
                 # process) and keeps its rows; the later draws stay in step across ranks too.
                 if locked is None:
@@ -150,41 +157,48 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
                 else:  # the locked part's output for one cached view of each image
                     pixels = draw_views(locked, batch.items, generator)
                 pixels = pixels[local_rows].to(device, non_blocking=True, memory_format=memory_format)
+                guard.before_forward(model)
                 losses = forward_backward(model, tokenizer, pixels, batch, text_cache, captions, caption_weight, tcfg,
                                           generator, ranks, autocast, heads=not heads_phase, locked=locked is not None)
                 loss = sum(weights[name] * value for name, value in losses.items())
-                grad_norm = optimizer_step(model, optimizer, tcfg["grad_clip"], ranks)
-                step += 1
+                # the mean over ranks: a rank whose loss is not finite makes every rank skip the step
+                logged = ranks.mean({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
+                grad_norm = guard.step(model, optimizer, logged["loss"], tcfg["grad_clip"], ranks)
+                state.step += 1
                 bar.update(1)
                 samples_per_s = len(batch.items) / (time.time() - tick)
-                bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{samples_per_s:.0f}")
-                if step % tcfg["log_every"] == 0 or step == 1:
-                    logged = ranks.mean({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
-                    logger.log(step, epoch=epoch, **logged, lr=lr, grad_norm=float(grad_norm),
-                               temperature=float(model.logit_scale.detach().exp().reciprocal()), samples_per_s=samples_per_s,
-                               elapsed_s=time.time() - start_time)
-                if step % tcfg["checkpoint_every"] == 0:
+                if grad_norm is None:  # skipped: the weights and the optimizer are as they were
+                    bar.set_postfix(loss="skipped", skipped=state.nonfinite_skipped)
+                    logger.log(state.step, event="skipped", reason=guard.last_reason,
+                               nonfinite_skipped=state.nonfinite_skipped)
+                else:
+                    bar.set_postfix(loss=f"{logged['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
+                    if state.step % tcfg["log_every"] == 0 or state.step == 1:
+                        logger.log(state.step, epoch=epoch, **logged, lr=lr, grad_norm=float(grad_norm),
+                                   temperature=float(model.logit_scale.detach().exp().reciprocal()),
+                                   nonfinite_skipped=state.nonfinite_skipped, samples_per_s=samples_per_s,
+                                   elapsed_s=time.time() - start_time)
+                if state.step % tcfg["checkpoint_every"] == 0:
                     checkpoint()
-                    last_saved = step
-                if step >= total_steps or progress() >= 1.0:
+                if state.step >= total_steps or progress() >= 1.0:
                     break
-            if tcfg["eval_every_epochs"] and (epoch + 1) % tcfg["eval_every_epochs"] == 0 and step < total_steps:
-                _log_eval(model, tokenizer, config, device, catalog, logger, step, ranks)
+            if tcfg["eval_every_epochs"] and (epoch + 1) % tcfg["eval_every_epochs"] == 0 and state.step < total_steps:
+                _log_eval(model, tokenizer, config, device, catalog, logger, state.step, ranks)
     except KeyboardInterrupt:
         bar.close()
         if ranks.main:
-            print(f"\ninterrupted at step {step}; saved {checkpoint()} (continue with --resume)")
+            print(f"\ninterrupted at step {state.step}; saved {checkpoint()} (continue with --resume)")
         raise
     except TrainingDiverged as err:
         bar.close()
-        kept = f"its last checkpoint is step {last_saved} in {run_dir}" if last_saved else "no checkpoint was saved"
-        raise TrainingDiverged(f"{err} at step {step + 1} (lr {lr:.3g}); {kept}. Lower train.lr or raise "
+        kept = (f"its last checkpoint is step {state.last_saved} in {run_dir}" if state.last_saved
+                else "no checkpoint was saved")
+        raise TrainingDiverged(f"{err} at step {state.step + 1} (lr {lr:.3g}); {kept}. Lower train.lr or raise "
                                "train.warmup_steps and train again") from None
     bar.close()
-    if step != last_saved:
+    if state.step != state.last_saved:
         # The towers are done: a run stopped in what follows (the heads phase, the bank) resumes from here.
         saved = checkpoint()
-        last_saved = step
         if saved is not None and heads_phase:
             print(f"towers trained; saved {saved} (a stopped heads phase starts over from it with --resume)")
     if heads_phase:
@@ -193,11 +207,14 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         views = embed_views(model, bank, image_size, tcfg["heads_phase"]["views"], dcfg["augment"], config["seed"],
                             device, memory_format)
         train_heads(model, tokenizer, views, sampler, text_cache, captions, caption_weight, config, device,
-                    ranks, logger, step, autocast)
-        last_saved = -1  # the final checkpoint must carry the trained heads
-    if step != last_saved:
+                    ranks, logger, state.step, autocast)
+        state.last_saved = -1  # the final checkpoint must carry the trained heads
+    if state.step != state.last_saved:
         checkpoint()
-    _log_eval(model, tokenizer, config, device, catalog, logger, step, ranks)  # ends when every rank is there
+    if state.nonfinite_skipped and ranks.main:
+        warnings.warn(f"{state.nonfinite_skipped} of {state.step} steps were skipped for a non-finite loss or "
+                      "gradients (metrics.jsonl: event 'skipped')")
+    _log_eval(model, tokenizer, config, device, catalog, logger, state.step, ranks)  # ends when every rank is there
     logger.close()
     if ranks.main:
         plot_curves(run_dir)
