@@ -1,6 +1,7 @@
 """`vislang serve` through FastAPI's test client: every endpoint, and every refusal as a 4xx JSON error."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -340,13 +342,22 @@ class _Blocked:
         assert self.release.wait(30)
 
 
-def test_waiting_searches_run_as_one_batch_with_each_its_own_answer(index):
-    worker = ModelWorker(index, max_batch=32)
+@contextlib.contextmanager
+def held_worker(index, **kwargs) -> Iterator[tuple[ModelWorker, _Blocked]]:
+    """A started worker whose thread is held by a `_Blocked` call until the test releases it."""
+    worker = ModelWorker(index, **kwargs)
     worker.start()
     try:
         blocked = _Blocked()
         worker.call(blocked)
         assert blocked.started.wait(30)
+        yield worker, blocked
+    finally:
+        worker.stop()
+
+
+def test_waiting_searches_run_as_one_batch_with_each_its_own_answer(index):
+    with held_worker(index, max_batch=32) as (worker, blocked):
         texts = ["a red chair", "a blue lamp", "a green table", "a yellow bed", "a room with a bed"]
         options = SearchOptions(k=4, kind="product")
         futures = [worker.search(text, None, options) for text in texts]
@@ -359,17 +370,10 @@ def test_waiting_searches_run_as_one_batch_with_each_its_own_answer(index):
         with pytest.raises(Exception, match="unknown kind"):
             bad.result(30)
         assert worker.batch_sizes[len(texts)] == 1 and worker.batch_sizes[1] == 1
-    finally:
-        worker.stop()
 
 
 def test_waiting_texts_go_before_photos_and_calls_which_go_in_turn(index, tiny_catalog):
-    worker = ModelWorker(index)
-    worker.start()
-    try:
-        blocked = _Blocked()
-        worker.call(blocked)
-        assert blocked.started.wait(30)
+    with held_worker(index) as (worker, blocked):
         finished: list[str] = []
         photo = Image.open(tiny_catalog / "images" / "products" / "000.000.00.jpg").convert("RGB")
         queued = {"photo": worker.search(None, photo, SearchOptions(k=3)), "call": worker.call(len, "abc"),
@@ -384,17 +388,10 @@ def test_waiting_texts_go_before_photos_and_calls_which_go_in_turn(index, tiny_c
         # options, as one batch); then the call
         assert finished == ["text 1", "text 2", "photo", "photo 2", "call"]
         assert worker.batch_sizes == {2: 2}
-    finally:
-        worker.stop()
 
 
 def test_one_bad_query_does_not_fail_its_batch(index, monkeypatch):
-    worker = ModelWorker(index)
-    worker.start()
-    try:
-        blocked = _Blocked()
-        worker.call(blocked)
-        assert blocked.started.wait(30)
+    with held_worker(index) as (worker, blocked):
         options = SearchOptions(k=3)
         good, bad = worker.search("a red chair", None, options), worker.search("", None, options)  # "" is refused
         cancelled = worker.search("a blue lamp", None, options)
@@ -404,8 +401,6 @@ def test_one_bad_query_does_not_fail_its_batch(index, monkeypatch):
         with pytest.raises(Exception, match="empty query"):
             bad.result(30)
         assert cancelled.cancelled()
-    finally:
-        worker.stop()
 
 
 def test_the_worker_refuses_work_when_stopped(index):
