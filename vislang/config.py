@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
         "decoder": {"enabled": False, "source": "minilm-l6", "pretrained": True, "layers": 2, "max_length": 40,
+                    "dropout": 0.1,  # hidden and attention dropout in training (MiniLM's own 0.1)
                     "vocab": "captions", "token_ids": []},
         "init_temperature": 0.07,
     },
@@ -140,7 +141,7 @@ _AT_LEAST_0 = (
     "train.eval_every_epochs",
 )
 _ABOVE_0 = ("model.init_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
-_FRACTION = ("data.caption_prob", "train.min_lr_ratio", "train.body_lr_ratio")
+_FRACTION = ("model.decoder.dropout", "data.caption_prob", "train.min_lr_ratio", "train.body_lr_ratio")
 # (check, what the message says a value must be)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{key: (lambda v: v >= 1, ">= 1") for key in _AT_LEAST_1},

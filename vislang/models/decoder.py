@@ -29,17 +29,17 @@ class CaptionDecoder(nn.Module):
     """Image tokens [B, N, image_width] -> caption logits, over the decoder's own vocabulary."""
 
     def __init__(self, source: str, image_width: int, token_ids: list[int], special_ids: dict[str, int],
-                 layers: int = 2, max_length: int = 40, pretrained: bool = True) -> None:
+                 layers: int = 2, max_length: int = 40, pretrained: bool = True, dropout: float = 0.1) -> None:
         """`source`: a folder with a BERT-like config.json (and weights, when `pretrained`);
         `token_ids`: the source vocabulary's ids the decoder predicts, in its order; `special_ids`:
-        pad_id, bos_id, eos_id in the decoder's own ids."""
+        pad_id, bos_id, eos_id in the decoder's own ids; `dropout`: hidden and attention dropout in training."""
         super().__init__()
         from transformers import BertConfig, BertLMHeadModel
 
         config = BertConfig.from_pretrained(
             source, is_decoder=True, add_cross_attention=True, num_hidden_layers=layers, vocab_size=len(token_ids),
             pad_token_id=special_ids["pad_id"], bos_token_id=special_ids["bos_id"], eos_token_id=special_ids["eos_id"],
-            tie_word_embeddings=True)
+            tie_word_embeddings=True, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
         if max_length > config.max_position_embeddings:
             raise ValueError(f"max_length {max_length} is beyond the source's {config.max_position_embeddings} positions")
         self.lm = BertLMHeadModel(config)

@@ -63,7 +63,7 @@ class VisLangModel(nn.Module):
             self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
             self.decoder = CaptionDecoder(resolve_text_source(d["source"]), self.image_tower.token_width, token_ids,
                                           self.caption_vocab.special_ids(special_ids), d["layers"], d["max_length"],
-                                          d["pretrained"])
+                                          d["pretrained"], d["dropout"])
         if cfg["text"]["freeze"]:
             self.text_tower.requires_grad_(False)
 
