@@ -41,7 +41,11 @@ def _catalog(model: _FakeModel) -> Catalog:
 def test_the_head_reorders_the_cosine_shortlist():
     model = _FakeModel()
     catalog = _catalog(model)
-    assert evaluate_reranking(model, catalog, "val", top=1) == {"product_text2image_r1_contrastive": 0.25,
-                                                                "product_text2image_r1_rerank1": 0.25}
-    assert evaluate_reranking(model, catalog, "val", top=3)["product_text2image_r1_rerank3"] == 1.0
-    assert evaluate_reranking(model, catalog, "val")["product_text2image_r1_rerank20"] == 1.0  # top > products
+    metrics, intervals = evaluate_reranking(model, catalog, "val", top=1)
+    assert metrics == {"product_text2image_r1_contrastive": 0.25, "product_text2image_r1_rerank1": 0.25,
+                       "product_text2image_r1_rerank1_gain": 0.0}
+    metrics, intervals = evaluate_reranking(model, catalog, "val", top=3)
+    assert metrics["product_text2image_r1_rerank3"] == 1.0 and metrics["product_text2image_r1_rerank3_gain"] == 0.75
+    low, high = intervals["product_text2image_r1_rerank3_gain"]
+    assert 0.0 <= low <= 0.75 <= high <= 1.0 and low < high  # 4 queries: a wide interval around the gain
+    assert evaluate_reranking(model, catalog, "val")[0]["product_text2image_r1_rerank20"] == 1.0  # top > products
