@@ -46,12 +46,12 @@ DEFAULTS: dict[str, Any] = {
         # Image-text matching head (text tokens attend to image tokens; BLIP-style).
         "matching": {"enabled": False, "width": 256, "layers": 2, "heads": 4},
         # Caption decoder, BLIP-style: a BERT-like text model (`source`, a bundled name, hub id or
-        # folder) made causal, with cross-attention to the image tokens; `pretrained` starts it from
+        # folder; null: the text tower's model) made causal, with cross-attention to the image tokens; `pretrained` starts it from
         # the source's first `layers` layers and word embeddings, which it reads by the tokenizer's
         # ids, so the source must then be the text tower's own model (models/decoder.py).
         # vocab "captions": predict only the tokens of the training captions (their ids are filled
         # into token_ids when training starts); "tokenizer": the whole tokenizer vocabulary.
-        "decoder": {"enabled": False, "source": "minilm-l6", "pretrained": True, "layers": 2, "max_length": 40,
+        "decoder": {"enabled": False, "source": None, "pretrained": True, "layers": 2, "max_length": 40,
                     "dropout": 0.1,  # hidden and attention dropout in training (MiniLM's own 0.1)
                     "vocab": "captions", "token_ids": []},
         "init_temperature": 0.07,
@@ -122,7 +122,7 @@ REMOVED_KEYS = (
 NONE = type(None)
 TYPES: dict[str, tuple[type, ...]] = {
     "data.path": (str, NONE), "data.cache_dir": (str, NONE), "train.max_minutes": (float, NONE),
-    "train.threads": (int, NONE), "train.device": (str, NONE), "train.heads_phase.minutes": (float, NONE),
+    "train.threads": (int, NONE), "train.device": (str, NONE), "model.decoder.source": (str, NONE), "train.heads_phase.minutes": (float, NONE),
     "model.image.pretrained": (bool, str), "model.text.pretrained": (bool, str),  # str: an open_clip tag
 }
 # (The towers' `kind`s are checked by their registries, which hold them: models/registry.py.)
@@ -186,8 +186,9 @@ def validate(config: dict[str, Any]) -> None:
     if matching["width"] % matching["heads"]:
         raise ConfigError(f"model.matching.width ({matching['width']}) must be a multiple of model.matching.heads "
                           f"({matching['heads']})")
-    if decoder["enabled"] and decoder["pretrained"] and (text["kind"] != "hf" or decoder["source"] != text["name"]):
-        raise ConfigError(f"model.decoder.pretrained reads {decoder['source']!r}'s word embeddings by the text "
+    source = decoder["source"] or text["name"]
+    if decoder["enabled"] and decoder["pretrained"] and (text["kind"] != "hf" or source != text["name"]):
+        raise ConfigError(f"model.decoder.pretrained reads {source!r}'s word embeddings by the text "
                           f"tokenizer's ids: set model.decoder.source to the text tower's model ({text['name']!r}) "
                           "or model.decoder.pretrained=false")
 

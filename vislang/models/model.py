@@ -30,6 +30,12 @@ def projection(width: int, embed_dim: int, kind: str) -> nn.Module:
     raise ValueError(f"unknown projection head {kind!r}; choose linear or mlp")
 
 
+def decoder_source(cfg: dict[str, Any]) -> str:
+    """The BERT-like model the caption decoder is built from: model.decoder.source, else the text
+    tower's Hugging Face model, else (an open_clip text tower) the bundled MiniLM's architecture."""
+    return cfg["decoder"]["source"] or (cfg["text"]["name"] if cfg["text"]["kind"] == "hf" else "minilm-l6")
+
+
 class VisLangModel(nn.Module):
     def __init__(self, cfg: dict[str, Any], special_ids: dict[str, int]) -> None:
         super().__init__()
@@ -61,7 +67,7 @@ class VisLangModel(nn.Module):
             d = cfg["decoder"]
             token_ids = d["token_ids"] or list(range(special_ids["vocab_size"]))
             self.caption_vocab = CaptionVocab(token_ids, special_ids["vocab_size"], special_ids["pad_id"])
-            self.decoder = CaptionDecoder(resolve_text_source(d["source"]), self.image_tower.token_width, token_ids,
+            self.decoder = CaptionDecoder(resolve_text_source(decoder_source(cfg)), self.image_tower.token_width, token_ids,
                                           self.caption_vocab.special_ids(special_ids), d["layers"], d["max_length"],
                                           d["pretrained"], d["dropout"])
         if cfg["text"]["freeze"]:
