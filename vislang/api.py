@@ -105,13 +105,16 @@ class VisLang:
         if len(images) != len(texts):
             raise ValueError(f"match needs as many images as texts ({len(images)} != {len(texts)})")
         keys = [str(Path(item).resolve()) if isinstance(item, (str, Path)) else id(item) for item in images]
-        distinct = {key: row for row, key in enumerate(dict.fromkeys(keys))}
-        firsts = list({key: item for key, item in zip(keys, images)}.values())
+        firsts: dict = {}  # key -> the image, in order of first appearance
+        for key, item in zip(keys, images):
+            firsts.setdefault(key, item)
+        distinct = {key: row for row, key in enumerate(firsts)}
+        distinct_images = list(firsts.values())
         memory, image_emb = [], []
-        for start in batch_starts(len(firsts), batch_size):
-            pixels = to_pixels(firsts[start : start + batch_size], self.image_size).to(self.device)
+        for start in batch_starts(len(distinct_images), batch_size):
+            pixels = to_pixels(distinct_images[start : start + batch_size], self.image_size).to(self.device)
             part_memory, part_emb = self.model.image_memory(pixels)
-            memory.append(part_memory)
+            memory.append(self.model.matching.image_memory(part_memory))  # projected once per image too
             image_emb.append(part_emb)
         rows = torch.tensor([distinct[key] for key in keys], dtype=torch.long, device=self.device)
         memory_all = torch.cat(memory) if memory else None
@@ -122,7 +125,7 @@ class VisLang:
             ids, mask = (t.to(self.device) for t in self.tokenizer(list(texts[start : start + batch_size])))
             text_tokens, text_pooled = self.model.text_tower(ids, mask)
             similarity = self.model.logit_scale.exp() * (emb_all[pair] * self.model.project_text(text_pooled, ids, mask)).sum(-1)
-            logits.append(self.model.matching(text_tokens, mask, memory_all[pair], similarity).float().cpu().numpy())
+            logits.append(self.model.matching.score(text_tokens, mask, memory_all[pair], similarity).float().cpu().numpy())
         return torch.sigmoid(torch.from_numpy(np.concatenate(logits))).numpy()
 
     def caption(self, images: Sequence[ImageLike], max_length: int = 32, num_beams: int = 3, batch_size: int = 32,
