@@ -127,7 +127,7 @@ def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_pro
                 was = {int(i): place for place, i in enumerate(shortlist, 1)}
                 moved = [f"#{was[int(i)]} -> #{place}" for place, i in enumerate(reranked, 1)
                          if gallery[i].caption == truth.caption]
-                label = f"{query} (re-ranked by the matching head; true item {moved[0] if moved else 'not in the top 20'})"
+                label = f"{query} (re-ranked by the matching head; true item {moved[0] if moved else f'not in the top {rerank_top}'})"
                 rows.append((label, gallery, reranked[:per_row], truth, was))
     captions = _captions_of_shown(model, rows) if model.model.decoder is not None else {}
     out = []
