@@ -45,3 +45,28 @@ def test_token_grid_pools_the_heads_tokens_not_the_embedding():
     # each pooled token is the mean of its 2x2 block of the 4x4 map
     grid = tokens.transpose(1, 2).reshape(2, -1, 4, 4)
     torch.testing.assert_close(few[:, 0], grid[:, :, :2, :2].mean(dim=(2, 3)))
+
+
+def test_the_heads_phase_reuses_the_locked_cache_for_the_same_views():
+    from pathlib import Path
+
+    from vislang.config import load_config
+    from vislang.models import create_model
+    from vislang.train.heads_phase import embed_views
+    from vislang.train.locked_views import compute_locked_views
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+                         ["model.image.name=efficientnet-lite0", "model.image.pretrained=false", "model.image.lock=true",
+                          "model.image.freeze_bn_stats=true", "model.image.token_grid=2"])
+    torch.manual_seed(0)
+    model, _ = create_model(config["model"], captions=["a"])
+    bank = torch.randint(0, 255, (5, 3, 80, 72), dtype=torch.uint8)
+    augment = {"scale": [0.6, 1.0], "flip": True}
+    locked = compute_locked_views(model, bank, 64, 2, augment, seed=3, device="cpu")
+    fresh = embed_views(model, bank, 64, 3, augment, 3, "cpu", torch.contiguous_format)
+    reused = embed_views(model, bank, 64, 3, augment, 3, "cpu", torch.contiguous_format, locked)
+    # the cache is kept in bfloat16: equal to its rounding, which shows that they came from it
+    assert not torch.equal(reused.tokens[:2], fresh.tokens[:2])
+    torch.testing.assert_close(reused.tokens, fresh.tokens, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(reused.emb, fresh.emb, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(reused.emb[2], fresh.emb[2])  # the view the cache lacks comes from the pixels

@@ -240,10 +240,11 @@ def augment(
 
 
 def view_batches(bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict, seed: int,
-                 batch: int = 256, desc: str = "embedding training images") -> Iterator[tuple[int, torch.Tensor]]:
-    """(view, pixels of the next `batch` bank images) over every view of every bank image: view 0
+                 batch: int = 256, desc: str = "embedding training images", first: int = 0
+                 ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(view, pixels of the next `batch` bank images) over views `first`.. of every bank image: view 0
     whole (as inference sees it), the others random training crops, each view seeded on its own."""
-    for view in tqdm(range(views), desc=desc, unit="view"):
+    for view in tqdm(range(first, views), desc=desc, unit="view"):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (view + 1))
         for start in range(0, len(bank), batch):
             rows = range(start, min(start + batch, len(bank)))

@@ -37,16 +37,42 @@ class ImageViews:
 
 @torch.inference_mode()
 def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views: int, augment_cfg: dict[str, Any],
-                seed: int, device, memory_format: torch.memory_format) -> ImageViews:
-    """Every bank image through the image tower in eval mode: view 0 whole, the others random training crops."""
+                seed: int, device, memory_format: torch.memory_format, locked: torch.Tensor | None = None) -> ImageViews:
+    """Every bank image through the image tower in eval mode: view 0 whole, the others random training crops.
+
+    `locked` (the main loop's cache, `compute_locked_views`: the same views, drawn with the same
+    seeds) spares the locked part: its views only go through the rest of the tower."""
     model.eval()
     tokens: list[list[torch.Tensor]] = [[] for _ in range(views)]
     emb: list[list[torch.Tensor]] = [[] for _ in range(views)]
-    for view, pixels in view_batches(bank, image_size, views, augment_cfg, seed):
-        t, e = model.image_features(pixels.to(device, memory_format=memory_format))
+
+    def keep(view: int, inputs: torch.Tensor, is_locked: bool) -> None:
+        t, e = model.image_features(inputs.to(device, memory_format=memory_format), is_locked)
         tokens[view].append(t.float())
         emb[view].append(e.float())
+
+    cached = 0 if locked is None else min(views, locked.shape[0])
+    for view in range(cached):
+        for start in range(0, len(bank), 256):
+            keep(view, locked[view, start : start + 256].float(), True)
+    for view, pixels in view_batches(bank, image_size, views, augment_cfg, seed, first=cached):
+        keep(view, pixels, False)
     return ImageViews(torch.stack([torch.cat(t) for t in tokens]), torch.stack([torch.cat(e) for e in emb]))
+
+
+@torch.inference_mode()
+def lookalikes(model: VisLangModel, tokenizer, views: ImageViews, captions: list[str], text_cache: TextCache | None,
+               k: int, device) -> torch.Tensor:
+    """[N, k]: for each training item, the items whose whole photos its caption is nearest to by
+    the finished embeddings' cosine, leaving out those that share its caption (true matches)."""
+    model.eval()
+    caption_emb = torch.cat([encode_text_rows(model, tokenizer, captions[start : start + 256], text_cache, device)[2]
+                             for start in range(0, len(captions), 256)])
+    similarity = caption_emb @ views.emb[0].to(device).T
+    caption_ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
+    ids = torch.tensor([caption_ids[c] for c in captions], device=device)
+    similarity.masked_fill_(ids[:, None] == ids[None, :], float("-inf"))
+    return similarity.topk(min(k, len(captions) - 1), dim=1).indices.cpu()
 
 
 def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
@@ -71,6 +97,8 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
     optimizer = make_optimizer(model, tcfg)
     weights = loss_weights(tcfg)
     local_rows = ranks.rows(sampler.batch_size)
+    groups = lookalikes(model, tokenizer, views, captions, text_cache, phase["lookalikes"], device) \
+        if phase["lookalikes"] else None
 
     def progress() -> float:
         by_time = ranks.from_main(time.time() - start_time) / budget_s if budget_s else 0.0
@@ -80,7 +108,9 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
     bar = tqdm(total=total, desc="heads phase", unit="step", mininterval=1.0, disable=not ranks.main)
     epoch = 0
     while progress() < 1.0:
-        for batch in sampler.epoch(10_000 + epoch):  # other epochs' orders than the main loop's
+        # other epochs' orders than the main loop's
+        batches = sampler.epoch(10_000 + epoch) if groups is None else sampler.lookalike_epoch(10_000 + epoch, groups)
+        for batch in batches:
             lr = lr_at(step, progress(), tcfg["lr"], phase["warmup_steps"], tcfg["min_lr_ratio"])
             set_lr(optimizer, lr)
             generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + first_step + step)

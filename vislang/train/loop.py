@@ -205,7 +205,7 @@ def train(config: dict[str, Any], data: str | None = None, output: str | Path = 
         # the finished image tower embeds every training image once per view (view 0 whole, as
         # inference sees it; the others training crops), and the heads train on those features
         views = embed_views(model, bank, image_size, tcfg["heads_phase"]["views"], dcfg["augment"], config["seed"],
-                            device, memory_format)
+                            device, memory_format, locked)
         train_heads(model, tokenizer, views, sampler, text_cache, captions, caption_weight, config, device,
                     ranks, logger, state.step, autocast)
         state.last_saved = -1  # the final checkpoint must carry the trained heads
