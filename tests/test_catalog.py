@@ -3,7 +3,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from vislang.data import read_catalog, read_ikea, read_manifest
@@ -110,23 +109,6 @@ def test_sampler_positives_and_no_leak_from_other_splits(tiny_catalog):
     first = [b.items for b in sampler.epoch(3)]
     assert first == [b.items for b in sampler.epoch(3)]  # an epoch replays exactly (resume relies on it)
     assert first != [b.items for b in sampler.epoch(4)]
-
-
-def test_lookalike_batches_hold_each_anchor_with_its_lookalikes(tiny_catalog):
-    train = read_catalog(tiny_catalog).select("train")
-    sampler = PairSampler(train, DEFAULTS["data"], batch_size=6, seed=0)
-    n = len(train)
-    lookalikes = torch.stack([torch.tensor([(i + 1) % n, (i + 2) % n]) for i in range(n)])
-    batches = list(sampler.lookalike_epoch(0, lookalikes))
-    assert len(batches) == len(sampler)
-    plain = next(iter(sampler.epoch(0)))
-    for batch in batches:
-        assert len(set(batch.items)) == len(batch.items) == 6
-        # groups are whole (anchor, i+1, i+2) triples: two of them fill a batch of 6
-        anchors = [i for i in batch.items if (i + 1) % n in batch.items and (i + 2) % n in batch.items]
-        assert len(anchors) >= 2
-        assert batch.positives.diagonal().all() and batch.positives.shape == plain.positives.shape
-    assert [b.items for b in batches] == [b.items for b in sampler.lookalike_epoch(0, lookalikes)]
 
 
 def test_sampler_fills_a_batch_larger_than_the_non_room_images_and_draws_rooms_without_links(tiny_catalog):

@@ -105,7 +105,7 @@ def test_heads_phase_trains_the_heads_after_the_towers_and_leaves_the_towers_alo
 
     without = run("off", "model.matching.enabled=false", "model.decoder.enabled=false")
     phased = run("phase", "model.matching.enabled=true", "model.decoder.enabled=true", "train.heads_phase.steps=40",
-                 "train.heads_phase.views=2", "train.heads_phase.warmup_steps=2", "train.heads_phase.lookalikes=2")
+                 "train.heads_phase.views=2", "train.heads_phase.warmup_steps=2")
     for name, tensor in without.items():
         assert torch.equal(tensor, phased[name]), name
     records = read_metrics(tmp_path / "phase" / "metrics.jsonl")
@@ -182,24 +182,3 @@ def test_caption_cli(heads_run, tiny_catalog, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("vislang caption: error: nothing to caption: none of the 1")
     assert "corrupt.jpg" in result.stderr.strip().splitlines()[-1]
-
-
-def test_lookalikes_are_the_nearest_photos_of_other_captions():
-    from vislang.models import create_model
-    from vislang.train.heads_phase import ImageViews, lookalikes
-
-    captions = ["MALM bed, white", "MALM bed, black", "MALM bed, white", "BILLY shelf, oak", "POANG chair, red"]
-    config = load_config(ROOT / "configs" / "tiny.yaml", [])
-    model, tokenizer = create_model(config["model"], captions=captions)
-    model.eval()
-    with torch.no_grad():
-        texts = model.project_text(model.text_features(*tokenizer(captions)), *tokenizer(captions))
-    # photo j is caption j's own embedding, except photo 4, which looks like caption 0
-    photos = texts.clone()
-    photos[4] = texts[0]
-    views = ImageViews(tokens=torch.zeros(1, 5, 1, 1), emb=photos.unsqueeze(0))
-    groups = lookalikes(model, tokenizer, views, captions, None, k=2, device="cpu")
-    assert groups.shape == (5, 2)
-    for i, row in enumerate(groups.tolist()):
-        assert all(captions[j] != captions[i] for j in row)  # neither itself nor a photo of the same caption
-    assert groups[0, 0] == 4  # its look-alike photo first (item 2 shares its caption: left out)

@@ -85,10 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "heads_train_towers": True,
         # steps > 0: the heads train after the main loop, on the finished towers' cached features
         # (train/heads_phase.py), for `steps`, capped by `minutes`, which the main loop leaves them
-        # out of max_minutes; `views`: whole image + random crops cached per training image;
-        # `lookalikes` k > 0: batches of look-alike groups, each item with the k training photos
-        # its caption is nearest to (hard negatives for the matching head; 0: ordinary batches)
-        "heads_phase": {"steps": 0, "minutes": None, "views": 4, "warmup_steps": 50, "lookalikes": 0},
+        # out of max_minutes; `views`: whole image + random crops cached per training image
+        "heads_phase": {"steps": 0, "minutes": None, "views": 4, "warmup_steps": 50},
         # > 0: the image tower's locked part (model.image.lock with freeze_bn_stats) runs once on
         # this many views of every training image (the whole image, then random crops) before the
         # first step, and each step draws one cached view per image (train/locked_views.py)
@@ -140,7 +138,7 @@ _AT_LEAST_0 = (
     "data.rooms_per_batch", "data.linked_per_room", "train.weight_decay",
     "train.warmup_steps", "train.link_weight", "train.matching_weight", "train.caption_weight",
     "train.matching_batch", "train.caption_batch", "train.heads_phase.steps", "train.heads_phase.warmup_steps",
-    "train.heads_phase.lookalikes",    "train.eval_every_epochs",
+    "train.eval_every_epochs",
 )
 _ABOVE_0 = ("model.init_temperature", "train.lr", "train.grad_clip", "train.max_minutes", "train.heads_phase.minutes")
 _FRACTION = ("model.decoder.dropout", "data.caption_prob", "train.min_lr_ratio", "train.body_lr_ratio")

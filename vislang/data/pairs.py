@@ -69,32 +69,10 @@ class PairSampler:
                 if len(chosen) >= self.batch_size:
                     break
                 chosen[index] = None
-            yield self._batch(list(chosen)[: self.batch_size], rng)
-
-    def lookalike_epoch(self, epoch: int, lookalikes: torch.Tensor) -> Iterator[Batch]:
-        """Batches of look-alike groups: each anchor (every item once an epoch, shuffled) with the
-        items in its row of `lookalikes` [N, k], until the batch is full.
-
-        In ordinary batches a caption's nearest wrong photo is seldom in its batch, so in-batch hard
-        negatives are easy; a re-ranker of a top 20 meets the same product line in other colours
-        and sizes. Grouping look-alikes makes the in-batch negatives the training set's hardest."""
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        order = list(range(len(self.items)))
-        rng.shuffle(order)
-        position = 0
-        for _ in range(len(self)):
-            chosen: dict[int, None] = {}
-            while len(chosen) < self.batch_size:
-                anchor = order[position % len(order)]
-                position += 1
-                for index in [anchor, *lookalikes[anchor].tolist()]:
-                    chosen[index] = None
-            yield self._batch(list(chosen)[: self.batch_size], rng)
-
-    def _batch(self, indices: list[int], rng: random.Random) -> Batch:
-        texts = [self._pick_text(i, rng) for i in indices]
-        links = self.links(indices)
-        return Batch(indices, texts, self.positives(indices, texts, links), links)
+            indices = list(chosen)[: self.batch_size]
+            texts = [self._pick_text(i, rng) for i in indices]
+            links = self.links(indices)
+            yield Batch(indices, texts, self.positives(indices, texts, links), links)
 
     def _pick_text(self, index: int, rng: random.Random) -> str:
         texts = self.items[index].texts

@@ -60,21 +60,6 @@ def embed_views(model: VisLangModel, bank: torch.Tensor, image_size: int, views:
     return ImageViews(torch.stack([torch.cat(t) for t in tokens]), torch.stack([torch.cat(e) for e in emb]))
 
 
-@torch.inference_mode()
-def lookalikes(model: VisLangModel, tokenizer, views: ImageViews, captions: list[str], text_cache: TextCache | None,
-               k: int, device) -> torch.Tensor:
-    """[N, k]: for each training item, the items whose whole photos its caption is nearest to by
-    the finished embeddings' cosine, leaving out those that share its caption (true matches)."""
-    model.eval()
-    caption_emb = torch.cat([encode_text_rows(model, tokenizer, captions[start : start + 256], text_cache, device)[2]
-                             for start in range(0, len(captions), 256)])
-    similarity = caption_emb @ views.emb[0].to(device).T
-    caption_ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
-    ids = torch.tensor([caption_ids[c] for c in captions], device=device)
-    similarity.masked_fill_(ids[:, None] == ids[None, :], float("-inf"))
-    return similarity.topk(min(k, len(captions) - 1), dim=1).indices.cpu()
-
-
 def _freeze_towers(model: VisLangModel) -> list[torch.nn.Parameter]:
     """Stop gradients to everything but the heads; returns what was frozen, to thaw afterwards."""
     towers = model.parameter_parts().get("towers", [])
@@ -97,8 +82,6 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
     optimizer = make_optimizer(model, tcfg)
     weights = loss_weights(tcfg)
     local_rows = ranks.rows(sampler.batch_size)
-    groups = lookalikes(model, tokenizer, views, captions, text_cache, phase["lookalikes"], device) \
-        if phase["lookalikes"] else None
 
     def progress() -> float:
         by_time = ranks.from_main(time.time() - start_time) / budget_s if budget_s else 0.0
@@ -108,9 +91,7 @@ def train_heads(model: VisLangModel, tokenizer, views: ImageViews, sampler: Pair
     bar = tqdm(total=total, desc="heads phase", unit="step", mininterval=1.0, disable=not ranks.main)
     epoch = 0
     while progress() < 1.0:
-        # other epochs' orders than the main loop's
-        batches = sampler.epoch(10_000 + epoch) if groups is None else sampler.lookalike_epoch(10_000 + epoch, groups)
-        for batch in batches:
+        for batch in sampler.epoch(10_000 + epoch):  # other epochs' orders than the main loop's
             lr = lr_at(step, progress(), tcfg["lr"], phase["warmup_steps"], tcfg["min_lr_ratio"])
             set_lr(optimizer, lr)
             generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + first_step + step)
