@@ -1,11 +1,12 @@
 """The heads' own phase: the matching head and the caption decoder train after the towers.
 
 With `train.heads_train_towers: false` the heads never move the towers, so they need not train
-beside them. In the main loop a step with both heads costs about 1.4x a contrastive step on this
-project's CPU, and the heads see image tokens of towers still far from their final state. Here
-the finished towers embed every training image once per view (view 0 whole, as inference sees
-it; the others random training crops), and the heads then take many cheap steps on those cached
-features, with no tower in the step.
+beside them: in the main loop the heads see image tokens of towers still far from their final
+state. Here the finished towers embed every training image once per view (view 0 whole, as
+inference sees it; the others random training crops; the main loop's locked-views cache, where
+there is one, spares the locked part), and the heads then train on those cached features, with
+no tower in the step. (On this project's CPU a heads step costs about what the heads add to a
+joint step; the phase is not the CPU recipe's: docs/RESULTS.md.)
 The main loop's end is checkpointed first: a stopped phase starts over from it on --resume.
 """
 from __future__ import annotations
