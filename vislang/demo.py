@@ -120,7 +120,7 @@ def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_pro
             order = np.argsort(-scores, kind="stable")
             print(f"  {query!r}: " + " | ".join(gallery[i].caption for i in order[:3]))
             rows.append((query, gallery, order[:per_row], truth, {}))
-            if truth is not None and model.model.matching is not None:
+            if truth is not None and model.has("matching"):
                 shortlist = order[:rerank_top]
                 match = model.match([gallery[i].image for i in shortlist], [query] * len(shortlist))
                 reranked = shortlist[np.argsort(-match, kind="stable")]
@@ -129,7 +129,7 @@ def _example_rows(model, catalog, cache: EmbeddingCache, per_row: int = 5, n_pro
                          if gallery[i].caption == truth.caption]
                 label = f"{query} (re-ranked by the matching head; true item {moved[0] if moved else f'not in the top {rerank_top}'})"
                 rows.append((label, gallery, reranked[:per_row], truth, was))
-    captions = _captions_of_shown(model, rows) if model.model.decoder is not None else {}
+    captions = _captions_of_shown(model, rows) if model.has("decoder") else {}
     out = []
     for query, gallery, shown, truth, was in rows:
         hits = []

@@ -24,9 +24,9 @@ def evaluate_model_with_intervals(model, catalog: Catalog, split: str = "test", 
         scores = per_query_scores(model, readable, split, cache, reranker)
         metrics, intervals = metric_means(scores), bootstrap_intervals(scores)
         heads = []
-        if model.model.decoder is not None and readable.select(split, "product"):
+        if model.has("decoder") and readable.select(split, "product"):
             heads.append(evaluate_captions(model, readable, split, cache=cache)[:2])
-        if model.model.matching is not None and readable.select(split, "product"):
+        if model.has("matching") and readable.select(split, "product"):
             heads.append(evaluate_reranking(model, readable, split, cache=cache))
         for head_metrics, head_intervals in heads:
             metrics.update(head_metrics)
